@@ -1,0 +1,1 @@
+"""Evaluation: SPEC §3 metrics."""

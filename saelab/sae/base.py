@@ -1,0 +1,216 @@
+"""The SAE base class: shared parameters, encode/decode, training objective, folding (SPEC §1–2)."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class SAEConfig:
+    """Everything needed to rebuild an SAE: shape, architecture options and provenance.
+
+    Options that an architecture does not use keep their defaults and are ignored by it.
+    """
+
+    architecture: str
+    d_in: int
+    d_sae: int
+    dtype: str = "float32"
+    # SPEC §2 common: subtract b_dec before encoding (true in training, folded away at save).
+    apply_b_dec_to_input: bool = True
+    # SPEC §1: the input-normalisation constant C already folded into the weights (provenance).
+    normalization_constant: float = 1.0
+    # topk / batchtopk (SPEC §2.2)
+    k: int | None = None
+    aux_k: int | None = None
+    aux_coefficient: float = 1 / 32
+    # jumprelu (SPEC §2.4)
+    bandwidth: float = 0.001
+    init_threshold: float = 0.001
+    sparsity_loss: str = "l0"
+    tanh_scale: float = 4.0
+    pre_act_coefficient: float = 0.0
+    # gated (SPEC §2.3)
+    gated_variant: str = "ri-l1"
+    # relu (SPEC §2.1)
+    unit_norm_decoder: bool = False
+    # provenance, when known
+    model_name: str | None = None
+    hook_name: str | None = None
+    context_size: int | None = None
+    dataset: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "d_in": (self.d_in >= 1, "an integer ≥ 1"),
+            "d_sae": (self.d_sae >= 1, "an integer ≥ 1"),
+            "dtype": (self.dtype in ("float32", "float64", "bfloat16", "float16"), "float32, float64, bfloat16 or float16"),
+            "k": (self.k is None or 1 <= self.k <= self.d_sae, f"an integer in [1, d_sae={self.d_sae}]"),
+            "aux_k": (self.aux_k is None or self.aux_k >= 1, "an integer ≥ 1"),
+            "bandwidth": (self.bandwidth > 0, "a positive float"),
+            "init_threshold": (self.init_threshold > 0, "a positive float"),
+            "sparsity_loss": (self.sparsity_loss in ("l0", "tanh"), "'l0' or 'tanh'"),
+            "pre_act_coefficient": (self.pre_act_coefficient >= 0, "≥ 0"),
+            "gated_variant": (self.gated_variant in ("ri-l1", "unit-norm"), "'ri-l1' or 'unit-norm'"),
+            "normalization_constant": (self.normalization_constant > 0, "a positive float"),
+        }
+        for name, (ok, valid) in checks.items():
+            if not ok:
+                raise ValueError(f"invalid SAE option {name}={getattr(self, name)!r}: must be {valid}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SAEConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown SAE config field(s) {unknown}; valid fields: {sorted(names)}")
+        return cls(**d)
+
+
+class TrainOutput(NamedTuple):
+    """One training forward: the objective, its named terms, and what the trainer logs."""
+
+    loss: Tensor
+    terms: dict[str, Tensor]
+    feature_acts: Tensor
+    x_hat: Tensor
+
+
+class SAE(nn.Module, abc.ABC):
+    """A sparse autoencoder: f = σ(π(x)), x̂ = f W_dec + b_dec (SPEC §2 "Common").
+
+    Subclasses define the activation σ, the sparsity terms of the loss and the initialisation.
+    """
+
+    architecture: ClassVar[str]
+    # Option names of SAEConfig that this architecture accepts in create_sae.
+    options: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dtype = getattr(torch, cfg.dtype)
+        self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_in, dtype=dtype))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=dtype))
+        self._init_encoder(dtype)
+
+    # ---- structure -----------------------------------------------------------------------
+    def _init_encoder(self, dtype: torch.dtype) -> None:
+        """Create W_enc and b_enc (gated overrides this with its gate/magnitude parameters)."""
+        self.W_enc = nn.Parameter(torch.empty(self.cfg.d_in, self.cfg.d_sae, dtype=dtype))
+        self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=dtype))
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_dec.device
+
+    @property
+    def unit_norm_decoder(self) -> bool:
+        """Whether training keeps decoder rows at unit norm (per architecture recipe)."""
+        return True
+
+    def reset_parameters(self) -> None:
+        """The architecture's initialisation (SPEC §2): random unit decoder rows, W_enc = W_decᵀ."""
+        with torch.no_grad():
+            nn.init.kaiming_uniform_(self.W_dec)
+            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
+            self.W_enc.copy_(self.W_dec.T)
+            self.b_enc.zero_()
+            self.b_dec.zero_()
+
+    def initialize_from_data(self, x: Tensor) -> None:
+        """Data-dependent initialisation from a sample of (normalised) inputs; default none."""
+
+    # ---- inference -----------------------------------------------------------------------
+    def sae_input(self, x: Tensor) -> Tensor:
+        """x − b_dec when apply_b_dec_to_input, else x (SPEC §2 "Common")."""
+        x = x.to(self.W_dec.dtype)
+        return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """π(x) = (x − b_dec) W_enc + b_enc."""
+        return self.sae_input(x) @ self.W_enc + self.b_enc
+
+    @abc.abstractmethod
+    def encode(self, x: Tensor) -> Tensor:
+        """Feature activations f (dense, same leading dims as x)."""
+
+    def decode(self, f: Tensor) -> Tensor:
+        """x̂ = f W_dec + b_dec."""
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+    # ---- training ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def train_forward(
+        self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None = None
+    ) -> TrainOutput:
+        """The SPEC §2 objective on normalised x, averaged over the batch.
+
+        dead_mask (d_sae bool) marks latents the trainer considers dead (AuxK, pre-act loss).
+        """
+
+    def training_loss(
+        self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """(total loss, {term name: value}) with the STE gradients (DESIGN.md public API)."""
+        out = self.train_forward(x, sparsity_coefficient, dead_mask)
+        return out.loss, out.terms
+
+    @torch.no_grad()
+    def remove_parallel_gradient(self) -> None:
+        """Project out the component of each decoder row's gradient along that row (SPEC §2.2/2.4)."""
+        if self.W_dec.grad is None:
+            return
+        rows = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.W_dec.grad -= (self.W_dec.grad * rows).sum(dim=1, keepdim=True) * rows
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Constraints applied after every optimizer step (unit-norm rows, θ > 0)."""
+        if self.unit_norm_decoder:
+            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    # ---- saving --------------------------------------------------------------------------
+    @torch.no_grad()
+    def fold_normalization(self, c: float) -> None:
+        """Fold the normalisation constant C into the weights so the SAE takes raw inputs.
+
+        SPEC §1: b_enc' = C·b_enc − C·(b_dec·W_enc), b_dec' = C·b_dec, θ' = C·θ, so that
+        f'(x) = C·f(x/C) and x̂'(x) = C·x̂(x/C); apply_b_dec_to_input becomes false.
+        """
+        if self.cfg.apply_b_dec_to_input:
+            self._fold_b_dec_into_encoder()
+            self.cfg.apply_b_dec_to_input = False
+        self._scale_encoder_offsets(c)
+        self.b_dec *= c
+        self.cfg.normalization_constant *= c
+
+    def _fold_b_dec_into_encoder(self) -> None:
+        self.b_enc -= self.b_dec @ self.W_enc
+
+    def _scale_encoder_offsets(self, c: float) -> None:
+        self.b_enc *= c
+
+    def export_state(self) -> tuple[str, dict[str, Tensor], dict[str, Any]]:
+        """(SAELens architecture name, state dict with SAELens keys, extra SAELens cfg fields)."""
+        return self.architecture, dict(self.state_dict()), {}
+
+    def save(self, path: str | Path) -> Path:
+        """Write cfg.json + sae_weights.safetensors (SAELens format; see saelab.formats)."""
+        from saelab.formats.saelens import save_sae_dir
+
+        return save_sae_dir(self, Path(path))

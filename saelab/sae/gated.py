@@ -1,0 +1,88 @@
+"""Gated SAE (SPEC §2.3; Rajamanoharan et al. 2024a), RI-L1 variant by default."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from saelab.sae.base import SAE, TrainOutput
+from saelab.sae.common import squared_error
+from saelab.sae.registry import register
+
+
+@register
+class GatedSAE(SAE):
+    """f = H(π_gate) ⊙ ReLU(π_mag), W_mag = W_gate ⊙ exp(r_mag); W_enc is the gate matrix."""
+
+    architecture = "gated"
+    options = ("gated_variant", "apply_b_dec_to_input", "normalization_constant")
+
+    def _init_encoder(self, dtype: torch.dtype) -> None:
+        n = self.cfg.d_sae
+        self.W_enc = nn.Parameter(torch.empty(self.cfg.d_in, n, dtype=dtype))
+        self.b_gate = nn.Parameter(torch.zeros(n, dtype=dtype))
+        self.r_mag = nn.Parameter(torch.zeros(n, dtype=dtype))
+        self.b_mag = nn.Parameter(torch.zeros(n, dtype=dtype))
+
+    @property
+    def b_enc(self) -> Tensor:
+        """The gate bias plays the role of b_enc (SAELens naming: b_gate)."""
+        return self.b_gate
+
+    @property
+    def unit_norm_decoder(self) -> bool:
+        return self.cfg.gated_variant == "unit-norm"
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        with torch.no_grad():
+            self.r_mag.zero_()
+            self.b_mag.zero_()
+
+    def gate_and_magnitude(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(π_gate, π_mag) with the weight sharing W_mag = W_gate ⊙ exp(r_mag)."""
+        s = self.sae_input(x)
+        return s @ self.W_enc + self.b_gate, s @ (self.W_enc * self.r_mag.exp()) + self.b_mag
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        return self.gate_and_magnitude(x)[1]
+
+    def encode(self, x: Tensor) -> Tensor:
+        gate, mag = self.gate_and_magnitude(x)
+        return (gate > 0).to(mag.dtype) * mag.relu()
+
+    def train_forward(
+        self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None = None
+    ) -> TrainOutput:
+        gate, mag = self.gate_and_magnitude(x)
+        f = (gate > 0).to(mag.dtype) * mag.relu()
+        x_hat = self.decode(f)
+        gate_acts = gate.relu()
+        if not self.unit_norm_decoder:
+            gate_acts = gate_acts * self.W_dec.norm(dim=1)
+        x_hat_frozen = gate.relu() @ self.W_dec.detach() + self.b_dec.detach()
+        terms = {
+            "mse_loss": squared_error(x, x_hat),
+            "sparsity_loss": sparsity_coefficient * gate_acts.sum(-1).mean(),
+            "aux_loss": squared_error(x, x_hat_frozen),
+        }
+        return TrainOutput(sum(terms.values()), terms, f, x_hat)
+
+    def _fold_b_dec_into_encoder(self) -> None:
+        self.b_mag -= self.b_dec @ (self.W_enc * self.r_mag.exp())
+        self.b_gate -= self.b_dec @ self.W_enc
+
+    def _scale_encoder_offsets(self, c: float) -> None:
+        self.b_gate *= c
+        self.b_mag *= c
+
+    def jumprelu_state(self) -> dict[str, Tensor]:
+        """Equivalent JumpReLU weights: W_mag, b_mag and θ = max(b_mag − exp(r_mag)⊙b_gate, 0)."""
+        theta = (self.b_mag - self.r_mag.exp() * self.b_gate).clamp_min(0.0)
+        return {
+            "W_enc": (self.W_enc * self.r_mag.exp()).detach().clone(),
+            "b_enc": self.b_mag.detach().clone(),
+            "threshold": theta.detach().clone(),
+            "W_dec": self.W_dec.detach().clone(),
+            "b_dec": self.b_dec.detach().clone(),
+        }

@@ -1,0 +1,152 @@
+"""The training loop: one activation stream feeds one or many SAEs in lockstep (SPEC §1–2)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from saelab.sae import SAE
+from saelab.train.batches import BatchStream
+from saelab.train.config import RECIPES, TrainConfig
+from saelab.train.dead import DeadLatentTracker
+from saelab.train.resample import resample_dead_latents
+from saelab.train.schedules import LRSchedule, SparsitySchedule
+
+History = list[dict[str, float]]
+# SPEC §2.2 uses a 10M-token dead window; shorter runs scale it to a fraction of their budget.
+DEAD_WINDOW_TOKENS = 10_000_000
+DEAD_WINDOW_FRACTION = 0.1
+
+
+def normalization_constant(sample: Tensor) -> float:
+    """C = sqrt(mean ‖x‖²) so that E[‖x/C‖²] = 1 (SPEC §1)."""
+    return float(sample.double().pow(2).sum(-1).mean().sqrt())
+
+
+class SAETrainer:
+    """One SAE's optimizer, schedules, dead-latent tracker and history inside a lockstep run."""
+
+    def __init__(self, sae: SAE, config: TrainConfig) -> None:
+        recipe = RECIPES[sae.cfg.architecture]
+        steps = config.total_steps
+        self.sae, self.config = sae, config
+        self.lr = LRSchedule(
+            lr=config.lr if config.lr is not None else recipe.lr,
+            total_steps=steps,
+            warmup_steps=min(
+                config.lr_warmup_steps if config.lr_warmup_steps is not None else recipe.lr_warmup_steps,
+                steps // 10,
+            ),
+            warmup=config.lr_warmup,
+            start=config.lr_warmup_start,
+            decay_steps=int(
+                steps
+                * (config.lr_decay_fraction if config.lr_decay_fraction is not None else recipe.lr_decay_fraction)
+            ),
+        )
+        if config.sparsity_warmup_steps is not None:
+            lam_warmup = config.sparsity_warmup_steps
+        elif recipe.sparsity_warmup_steps is not None:
+            lam_warmup = min(recipe.sparsity_warmup_steps, steps // 10)
+        else:
+            lam_warmup = int(steps * recipe.sparsity_warmup_fraction)
+        self.sparsity = SparsitySchedule(
+            config.sparsity_coefficient
+            if config.sparsity_coefficient is not None
+            else recipe.sparsity_coefficient,
+            lam_warmup,
+        )
+        self.optimizer = torch.optim.Adam(
+            sae.parameters(),
+            lr=self.lr(0),
+            betas=config.betas or recipe.betas,
+            eps=config.adam_eps,
+        )
+        window = config.dead_window or min(
+            DEAD_WINDOW_TOKENS, max(config.batch_size, int(config.total_tokens * DEAD_WINDOW_FRACTION))
+        )
+        self.tracker = DeadLatentTracker(sae.cfg.d_sae, window, sae.device)
+        self.history: History = []
+        self._pending: list[dict[str, Tensor | float]] = []
+
+    def step(self, x: Tensor, step: int) -> None:
+        """One optimizer step on the normalised batch x."""
+        sae, cfg = self.sae, self.config
+        lr, lam = self.lr(step), self.sparsity(step)
+        dead_mask = self.tracker.dead_mask
+        out = sae.train_forward(x, lam, dead_mask)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if sae.unit_norm_decoder:
+            sae.remove_parallel_gradient()
+        if cfg.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip_norm)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        sae.after_step()
+        self.tracker.update(out.feature_acts.detach())
+        if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
+            resample_dead_latents(sae, x, self.tracker.dead_mask, self.optimizer)
+        self._record(step, lr, lam, out, x, dead_mask)
+
+    def _record(self, step: int, lr: float, lam: float, out, x: Tensor, dead_mask: Tensor) -> None:
+        with torch.no_grad():
+            f, x_hat = out.feature_acts, out.x_hat
+            metrics: dict[str, Tensor | float] = {
+                "step": step,
+                "lr": lr,
+                "sparsity_coefficient": lam,
+                "loss": out.loss.detach(),
+                "l0": (f != 0).sum(-1).float().mean(),
+                "fvu": (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12),
+                "dead_fraction": dead_mask.float().mean(),
+            } | {k: v.detach() for k, v in out.terms.items()}
+        self._pending.append(metrics)
+        if len(self._pending) >= self.config.log_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Move pending metrics to the history (one host sync per log_every steps)."""
+        for m in self._pending:
+            self.history.append({k: float(v) for k, v in m.items()})
+        self._pending.clear()
+
+
+def train(
+    sae_or_list: SAE | list[SAE], data: Tensor | Iterable[Tensor], config: TrainConfig | None = None
+) -> History | list[History]:
+    """Train one SAE (or several in lockstep on the same batches); returns per-step metrics.
+
+    data: a tensor (N, d_in), an iterable of (B, d_in) batches, or an activation store.
+    Inputs are normalised by C (SPEC §1) during training; C is folded into every SAE when it
+    returns, so each SAE then works on raw activations.
+    """
+    config = config or TrainConfig()
+    saes = [sae_or_list] if isinstance(sae_or_list, SAE) else list(sae_or_list)
+    if not saes:
+        raise ValueError("train() needs at least one SAE")
+    torch.manual_seed(config.seed)
+    stream = BatchStream(data, config.batch_size, config.seed, config.device)
+    for sae in saes:
+        if sae.cfg.d_in != stream.d_in:
+            raise ValueError(
+                f"{sae.cfg.architecture} SAE has d_in={sae.cfg.d_in} but the data has d_in={stream.d_in}"
+            )
+        sae.to(config.device).train()
+    sample = stream.peek(config.norm_estimate_tokens).to(config.device)
+    c = normalization_constant(sample) if config.normalize else 1.0
+    for sae in saes:
+        sae.initialize_from_data(sample / c)
+    trainers = [SAETrainer(sae, config) for sae in saes]
+    for step in range(config.total_steps):
+        x = next(stream) / c
+        for t in trainers:
+            t.step(x, step)
+    for t in trainers:
+        t.flush()
+        t.sae.fold_normalization(c)
+        t.sae.eval()
+    return trainers[0].history if isinstance(sae_or_list, SAE) else [t.history for t in trainers]

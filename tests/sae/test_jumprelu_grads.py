@@ -1,0 +1,100 @@
+"""JumpReLU: autograd gradients equal the SPEC §2.4 pseudo-derivatives, computed by hand."""
+
+import pytest
+import torch
+
+import saelab
+
+
+def _rect(u):
+    return ((u > -0.5) & (u < 0.5)).double()
+
+
+def _random_jumprelu(d_in, d_sae, bandwidth, seed):
+    g = torch.Generator().manual_seed(seed)
+    sae = saelab.create_sae("jumprelu", d_in, d_sae, bandwidth=bandwidth, dtype="float64")
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+        sae.threshold.copy_(torch.rand(d_sae, generator=g, dtype=torch.float64) + 0.05)
+    x = torch.randn(64, d_in, generator=g, dtype=torch.float64)
+    return sae, x
+
+
+def _spec_gradients(sae, x, lam, eps):
+    """SPEC §2.4 by hand: ∂/∂z JumpReLU = H, ð/ðθ JumpReLU = −(θ/ε)K, ð/ðθ H = −(1/ε)K."""
+    W_enc, b_enc, W_dec, b_dec, theta = (
+        sae.W_enc.detach(),
+        sae.b_enc.detach(),
+        sae.W_dec.detach(),
+        sae.b_dec.detach(),
+        sae.threshold.detach(),
+    )
+    B = x.shape[0]
+    s = x - b_dec
+    pre = s @ W_enc + b_enc
+    H = (pre > theta).double()
+    f = pre * H
+    x_hat = f @ W_dec + b_dec
+    d_xhat = 2 * (x_hat - x) / B
+    d_f = d_xhat @ W_dec.T
+    d_pre = d_f * H
+    K = _rect((pre - theta) / eps)
+    return {
+        "threshold": (d_f * -(theta / eps) * K).sum(0) + (lam / B) * (-(1 / eps) * K).sum(0),
+        "W_enc": s.T @ d_pre,
+        "b_enc": d_pre.sum(0),
+        "W_dec": f.T @ d_xhat,
+        "b_dec": d_xhat.sum(0) - d_pre.sum(0) @ W_enc.T,
+    }
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.3, 1.0])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gradients_match_spec_formulas(eps, seed):
+    sae, x = _random_jumprelu(6, 10, eps, seed)
+    lam = 0.7
+    loss, terms = sae.training_loss(x, lam)
+    assert set(terms) == {"mse_loss", "sparsity_loss"}
+    loss.backward()
+    expected = _spec_gradients(sae, x, lam, eps)
+    in_window = _rect((sae.pre_acts(x).detach() - sae.threshold.detach()) / eps).sum()
+    assert in_window > 0, "test inputs must put some pre-activations inside the kernel window"
+    for name, grad in expected.items():
+        got = getattr(sae, name).grad
+        torch.testing.assert_close(got, grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_l0_term_trains_only_the_threshold():
+    sae, x = _random_jumprelu(6, 10, 0.5, 3)
+    _, terms = sae.training_loss(x, 1.3)
+    terms["sparsity_loss"].backward()
+    for name in ("W_enc", "b_enc", "b_dec", "W_dec"):
+        grad = getattr(sae, name).grad
+        assert grad is None or torch.count_nonzero(grad) == 0, name
+    assert torch.count_nonzero(sae.threshold.grad) > 0
+
+
+def test_threshold_stays_fp32_and_positive_under_bf16():
+    sae = saelab.create_sae("jumprelu", 8, 16, dtype="bfloat16")
+    assert sae.threshold.dtype == torch.float32 and sae.W_enc.dtype == torch.bfloat16
+    with torch.no_grad():
+        sae.threshold.fill_(-1.0)
+    sae.after_step()
+    assert (sae.threshold > 0).all()
+
+
+def test_tanh_variant_and_pre_act_loss_on_dead_latents():
+    sae, x = _random_jumprelu(6, 10, 0.5, 4)
+    sae.cfg.sparsity_loss, sae.cfg.pre_act_coefficient = "tanh", 0.1
+    dead = torch.zeros(10, dtype=torch.bool)
+    dead[:3] = True
+    loss, terms = sae.training_loss(x, 0.5, dead)
+    pre = sae.pre_acts(x).detach()
+    norms = sae.W_dec.detach().norm(dim=1)
+    f = pre * (pre > sae.threshold.detach())
+    tanh = 0.5 * torch.tanh(sae.cfg.tanh_scale * f * norms).sum(-1).mean()
+    gap = 0.1 * ((sae.threshold.detach() - pre).relu() * norms * dead).sum(-1).mean()
+    torch.testing.assert_close(terms["sparsity_loss"], tanh)
+    torch.testing.assert_close(terms["pre_act_loss"], gap)
+    torch.testing.assert_close(loss, terms["mse_loss"] + tanh + gap)
