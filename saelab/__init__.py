@@ -2,6 +2,7 @@
 
 from saelab.evals.metrics import evaluate
 from saelab.formats.load import load_sae
+from saelab.lm import load_model
 from saelab.sae import SAE, SAEConfig, create_sae
 from saelab.train import TrainConfig, train
 
@@ -14,6 +15,7 @@ __all__ = [
     "__version__",
     "create_sae",
     "evaluate",
+    "load_model",
     "load_sae",
     "train",
 ]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 app = typer.Typer(
@@ -20,6 +24,87 @@ def demo(
     from saelab.demo import run_demo
 
     run_demo(out=out, seed=seed)
+
+
+@app.command()
+def cache(
+    model: Annotated[
+        str,
+        typer.Option(help="Model: alias (gemma-3-270m), local model dir, .gguf file or hub id."),
+    ],
+    hook: Annotated[
+        list[str],
+        typer.Option(
+            help="Hook, TransformerLens name (e.g. blocks.6.hook_resid_post); repeatable."
+        ),
+    ],
+    tokens: Annotated[
+        int, typer.Option(help="Token positions to cache (BOS/EOS/pad not counted).")
+    ],
+    out: Annotated[Path, typer.Option(help="Cache folder; rerun the same command to resume it.")],
+    corpus: Annotated[
+        str,
+        typer.Option(
+            help="Corpus: python-stdlib, a local .txt/.jsonl/.parquet file or folder, a "
+            "save_to_disk folder, or a datasets name (NAME or NAME:CONFIG, streamed)."
+        ),
+    ] = "python-stdlib",
+    context_size: Annotated[
+        int, typer.Option(help="Tokens per packed context, BOS included.")
+    ] = 128,
+    batch_size: Annotated[int, typer.Option(help="Contexts per LM forward pass.")] = 8,
+    shard_tokens: Annotated[int, typer.Option(help="Token positions per shard file.")] = 65536,
+    device: Annotated[
+        str | None,
+        typer.Option(help="Torch device of the LM (default: cuda if available, else cpu)."),
+    ] = None,
+    dtype: Annotated[
+        str, typer.Option(help="Storage dtype of the activations: float32, float16 or bfloat16.")
+    ] = "float32",
+    model_dtype: Annotated[
+        str, typer.Option(help="Dtype the LM runs in: float32, float16 or bfloat16.")
+    ] = "float32",
+    seed: Annotated[int, typer.Option(help="Seed of the document order.")] = 0,
+    split: Annotated[
+        str, typer.Option(help="Document split: train, heldout (for evaluation) or all.")
+    ] = "train",
+    heldout_fraction: Annotated[
+        float, typer.Option(help="Fraction of documents (chosen by content hash) held out.")
+    ] = 0.05,
+    include_special_tokens: Annotated[
+        bool, typer.Option(help="Also cache BOS/EOS/pad positions (excluded by default).")
+    ] = False,
+    text_field: Annotated[
+        str, typer.Option(help="Text column of .jsonl/.parquet/datasets corpora.")
+    ] = "text",
+    dataset_split: Annotated[
+        str, typer.Option(help="Split of a datasets corpus to read.")
+    ] = "train",
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
+    ] = False,
+) -> None:
+    """Run an LM over a corpus and write hook activations to a sharded, checksummed disk cache."""
+    from saelab.data.cache_command import run_cache_command
+
+    try:
+        summary = run_cache_command(
+            model=model, hooks=hook, corpus=corpus, tokens=tokens, out=out,
+            context_size=context_size, batch_size=batch_size, shard_tokens=shard_tokens,
+            device=device, dtype=dtype, model_dtype=model_dtype, seed=seed, split=split,
+            include_special_tokens=include_special_tokens, text_field=text_field,
+            dataset_split=dataset_split, heldout_fraction=heldout_fraction,
+        )  # fmt: skip
+    except (LookupError, ValueError, ModuleNotFoundError) as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(1) from error
+    if json_output:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(
+            f"Cached {summary['tokens']:,} tokens x {summary['d_in']} in {summary['shards']} "
+            f"shards at {summary['out']}"
+        )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ def load_checked_state(sae: SAE, state: dict[str, torch.Tensor], path: Path) -> 
     missing = sorted(set(expected) - set(state))
     if missing:
         raise SAEFileError(
-            path, f"missing tensor(s) {missing} for a {sae.cfg.architecture} SAE; found {sorted(state)}"
+            path,
+            f"missing tensor(s) {missing} for a {sae.cfg.architecture} SAE; found {sorted(state)}",
         )
     unexpected = sorted(set(state) - set(expected))
     if unexpected:

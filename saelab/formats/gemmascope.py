@@ -30,7 +30,9 @@ def load_gemma_scope(
             path, f"missing array(s) {missing}; a Gemma Scope params.npz holds {list(NPZ_KEYS)}"
         )
     if arrays["W_enc"].ndim != 2:
-        raise SAEFileError(path, f"W_enc must be 2-D (d_in, d_sae), got shape {arrays['W_enc'].shape}")
+        raise SAEFileError(
+            path, f"W_enc must be 2-D (d_in, d_sae), got shape {arrays['W_enc'].shape}"
+        )
     d_in, d_sae = arrays["W_enc"].shape
     cfg = SAEConfig(
         architecture="jumprelu",

@@ -19,7 +19,12 @@ WEIGHTS_FILE = "sae_weights.safetensors"
 # The SAELens config format version these files follow (the v6 layout, with "metadata").
 SAELENS_FORMAT_VERSION = "6.0.0"
 SAELENS_TO_SAELAB = {"standard": "relu", "jumprelu": "jumprelu", "topk": "topk", "gated": "gated"}
-PROVENANCE = {"model_name": "model_name", "hook_name": "hook_name", "context_size": "context_size", "dataset_path": "dataset"}
+PROVENANCE = {
+    "model_name": "model_name",
+    "hook_name": "hook_name",
+    "context_size": "context_size",
+    "dataset_path": "dataset",
+}
 
 
 def _saelens_cfg(sae: SAE, architecture: str) -> dict[str, Any]:
@@ -75,7 +80,9 @@ def _config_from_saelens(raw: dict[str, Any], cfg_path: Path) -> SAEConfig:
         )
     norm = raw.get("normalize_activations", "none")
     if norm not in ("none", None):
-        raise SAEFileError(cfg_path, f"normalize_activations={norm!r} is not supported; only 'none'")
+        raise SAEFileError(
+            cfg_path, f"normalize_activations={norm!r} is not supported; only 'none'"
+        )
     if raw.get("rescale_acts_by_decoder_norm"):
         raise SAEFileError(cfg_path, "rescale_acts_by_decoder_norm=true is not supported")
     meta = raw.get("metadata") or {}
@@ -106,7 +113,11 @@ def read_config(path: Path) -> SAEConfig:
     if not isinstance(raw, dict):
         raise SAEFileError(cfg_path, "expected a JSON object")
     try:
-        cfg = SAEConfig.from_dict(raw["saelab"]) if "saelab" in raw else _config_from_saelens(raw, cfg_path)
+        cfg = (
+            SAEConfig.from_dict(raw["saelab"])
+            if "saelab" in raw
+            else _config_from_saelens(raw, cfg_path)
+        )
         sae_class(cfg.architecture)
     except (TypeError, ValueError) as e:
         if isinstance(e, SAEFileError):

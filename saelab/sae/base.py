@@ -52,19 +52,30 @@ class SAEConfig:
         checks = {
             "d_in": (self.d_in >= 1, "an integer ≥ 1"),
             "d_sae": (self.d_sae >= 1, "an integer ≥ 1"),
-            "dtype": (self.dtype in ("float32", "float64", "bfloat16", "float16"), "float32, float64, bfloat16 or float16"),
-            "k": (self.k is None or 1 <= self.k <= self.d_sae, f"an integer in [1, d_sae={self.d_sae}]"),
+            "dtype": (
+                self.dtype in ("float32", "float64", "bfloat16", "float16"),
+                "float32, float64, bfloat16 or float16",
+            ),
+            "k": (
+                self.k is None or 1 <= self.k <= self.d_sae,
+                f"an integer in [1, d_sae={self.d_sae}]",
+            ),
             "aux_k": (self.aux_k is None or self.aux_k >= 1, "an integer ≥ 1"),
             "bandwidth": (self.bandwidth > 0, "a positive float"),
             "init_threshold": (self.init_threshold > 0, "a positive float"),
             "sparsity_loss": (self.sparsity_loss in ("l0", "tanh"), "'l0' or 'tanh'"),
             "pre_act_coefficient": (self.pre_act_coefficient >= 0, "≥ 0"),
-            "gated_variant": (self.gated_variant in ("ri-l1", "unit-norm"), "'ri-l1' or 'unit-norm'"),
+            "gated_variant": (
+                self.gated_variant in ("ri-l1", "unit-norm"),
+                "'ri-l1' or 'unit-norm'",
+            ),
             "normalization_constant": (self.normalization_constant > 0, "a positive float"),
         }
         for name, (ok, valid) in checks.items():
             if not ok:
-                raise ValueError(f"invalid SAE option {name}={getattr(self, name)!r}: must be {valid}")
+                raise ValueError(
+                    f"invalid SAE option {name}={getattr(self, name)!r}: must be {valid}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -74,7 +85,9 @@ class SAEConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown SAE config field(s) {unknown}; valid fields: {sorted(names)}")
+            raise ValueError(
+                f"unknown SAE config field(s) {unknown}; valid fields: {sorted(names)}"
+            )
         return cls(**d)
 
 

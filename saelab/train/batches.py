@@ -16,7 +16,11 @@ class BatchStream:
     """
 
     def __init__(
-        self, data: Tensor | Iterable[Tensor], batch_size: int, seed: int, device: str | torch.device
+        self,
+        data: Tensor | Iterable[Tensor],
+        batch_size: int,
+        seed: int,
+        device: str | torch.device,
     ) -> None:
         self.batch_size = batch_size
         self.device = torch.device(device)

@@ -57,6 +57,7 @@ class TrainConfig:
     norm_estimate_tokens: int = 100_000
     resample_every: int | None = None
     log_every: int = 50
+    progress: bool = False
 
     def __post_init__(self) -> None:
         checks = {

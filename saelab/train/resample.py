@@ -11,7 +11,9 @@ ENCODER_SCALE = 0.2
 
 
 @torch.no_grad()
-def resample_dead_latents(sae: SAE, x: Tensor, dead_mask: Tensor, optimizer: torch.optim.Adam) -> int:
+def resample_dead_latents(
+    sae: SAE, x: Tensor, dead_mask: Tensor, optimizer: torch.optim.Adam
+) -> int:
     """Point dead latents at inputs sampled ∝ squared loss; returns how many were resampled.
 
     Decoder row = the input's direction, encoder column = that direction × 0.2 × the mean alive
@@ -33,7 +35,11 @@ def resample_dead_latents(sae: SAE, x: Tensor, dead_mask: Tensor, optimizer: tor
     sae.W_dec[dead] = directions * (1.0 if sae.unit_norm_decoder else dec_norm)
     sae.W_enc[:, dead] = directions.T * enc_norm * ENCODER_SCALE
     sae.b_enc[dead] = 0.0
-    for param, index in ((sae.W_dec, (dead,)), (sae.W_enc, (slice(None), dead)), (sae.b_enc, (dead,))):
+    for param, index in (
+        (sae.W_dec, (dead,)),
+        (sae.W_enc, (slice(None), dead)),
+        (sae.b_enc, (dead,)),
+    ):
         state = optimizer.state.get(param, {})
         for key in ("exp_avg", "exp_avg_sq"):
             if key in state:

@@ -11,6 +11,7 @@ from saelab.sae import SAE
 from saelab.train.batches import BatchStream
 from saelab.train.config import RECIPES, TrainConfig
 from saelab.train.dead import DeadLatentTracker
+from saelab.train.progress import TrainProgress
 from saelab.train.resample import resample_dead_latents
 from saelab.train.schedules import LRSchedule, SparsitySchedule
 
@@ -36,14 +37,20 @@ class SAETrainer:
             lr=config.lr if config.lr is not None else recipe.lr,
             total_steps=steps,
             warmup_steps=min(
-                config.lr_warmup_steps if config.lr_warmup_steps is not None else recipe.lr_warmup_steps,
+                config.lr_warmup_steps
+                if config.lr_warmup_steps is not None
+                else recipe.lr_warmup_steps,
                 steps // 10,
             ),
             warmup=config.lr_warmup,
             start=config.lr_warmup_start,
             decay_steps=int(
                 steps
-                * (config.lr_decay_fraction if config.lr_decay_fraction is not None else recipe.lr_decay_fraction)
+                * (
+                    config.lr_decay_fraction
+                    if config.lr_decay_fraction is not None
+                    else recipe.lr_decay_fraction
+                )
             ),
         )
         if config.sparsity_warmup_steps is not None:
@@ -65,7 +72,8 @@ class SAETrainer:
             eps=config.adam_eps,
         )
         window = config.dead_window or min(
-            DEAD_WINDOW_TOKENS, max(config.batch_size, int(config.total_tokens * DEAD_WINDOW_FRACTION))
+            DEAD_WINDOW_TOKENS,
+            max(config.batch_size, int(config.total_tokens * DEAD_WINDOW_FRACTION)),
         )
         self.tracker = DeadLatentTracker(sae.cfg.d_sae, window, sae.device)
         self.history: History = []
@@ -115,36 +123,77 @@ class SAETrainer:
         self._pending.clear()
 
 
+SHARED_FIELDS = (
+    "total_tokens",
+    "batch_size",
+    "seed",
+    "device",
+    "normalize",
+    "norm_estimate_tokens",
+)
+
+
+def _per_sae_configs(config: TrainConfig | list[TrainConfig] | None, n: int) -> list[TrainConfig]:
+    """One config per SAE; lockstep SAEs must agree on everything about the data stream."""
+    configs = config if isinstance(config, list) else [config or TrainConfig()] * n
+    if len(configs) != n:
+        raise ValueError(f"train() got {n} SAEs but {len(configs)} configs")
+    for name in SHARED_FIELDS:
+        values = {getattr(c, name) for c in configs}
+        if len(values) > 1:
+            raise ValueError(
+                f"lockstep SAEs share one data stream, so TrainConfig.{name} must agree; got {sorted(map(str, values))}"
+            )
+    return configs
+
+
 def train(
-    sae_or_list: SAE | list[SAE], data: Tensor | Iterable[Tensor], config: TrainConfig | None = None
+    sae_or_list: SAE | list[SAE],
+    data: Tensor | Iterable[Tensor],
+    config: TrainConfig | list[TrainConfig] | None = None,
 ) -> History | list[History]:
     """Train one SAE (or several in lockstep on the same batches); returns per-step metrics.
 
     data: a tensor (N, d_in), an iterable of (B, d_in) batches, or an activation store.
+    config: one TrainConfig, or one per SAE (e.g. a sparsity sweep) agreeing on the data stream.
     Inputs are normalised by C (SPEC §1) during training; C is folded into every SAE when it
     returns, so each SAE then works on raw activations.
     """
-    config = config or TrainConfig()
     saes = [sae_or_list] if isinstance(sae_or_list, SAE) else list(sae_or_list)
     if not saes:
         raise ValueError("train() needs at least one SAE")
-    torch.manual_seed(config.seed)
-    stream = BatchStream(data, config.batch_size, config.seed, config.device)
+    configs = _per_sae_configs(config, len(saes))
+    shared = configs[0]
+    torch.manual_seed(shared.seed)
+    stream = BatchStream(data, shared.batch_size, shared.seed, shared.device)
     for sae in saes:
         if sae.cfg.d_in != stream.d_in:
             raise ValueError(
                 f"{sae.cfg.architecture} SAE has d_in={sae.cfg.d_in} but the data has d_in={stream.d_in}"
             )
-        sae.to(config.device).train()
-    sample = stream.peek(config.norm_estimate_tokens).to(config.device)
-    c = normalization_constant(sample) if config.normalize else 1.0
+        sae.to(shared.device).train()
+    sample = stream.peek(shared.norm_estimate_tokens).to(shared.device)
+    c = normalization_constant(sample) if shared.normalize else 1.0
     for sae in saes:
         sae.initialize_from_data(sample / c)
-    trainers = [SAETrainer(sae, config) for sae in saes]
-    for step in range(config.total_steps):
-        x = next(stream) / c
-        for t in trainers:
-            t.step(x, step)
+    trainers = [SAETrainer(sae, cfg) for sae, cfg in zip(saes, configs, strict=True)]
+    names = [
+        f"{s.cfg.architecture}[{i}]" if len(saes) > 1 else s.cfg.architecture
+        for i, s in enumerate(saes)
+    ]
+    log_every = min(cfg.log_every for cfg in configs)
+    with TrainProgress(
+        shared.total_steps * shared.batch_size, names, any(c.progress for c in configs)
+    ) as bar:
+        for step in range(shared.total_steps):
+            x = next(stream) / c
+            for t in trainers:
+                t.step(x, step)
+            if (step + 1) % log_every == 0:
+                bar.update(
+                    (step + 1) * shared.batch_size,
+                    [t.history[-1] if t.history else {} for t in trainers],
+                )
     for t in trainers:
         t.flush()
         t.sae.fold_normalization(c)

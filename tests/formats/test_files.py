@@ -130,7 +130,7 @@ def test_plain_saelens_cfg_with_wrong_d_in_is_reported(tmp_path):
     del cfg["saelab"]
     cfg["d_in"] = 3
     cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(SAEFileError, match="cfg.json|sae_weights"):
+    with pytest.raises(SAEFileError, match=r"but the config \(d_in=3, d_sae=48\)"):
         saelab.load_sae(tmp_path / "sae")
 
 

@@ -1,0 +1,48 @@
+"""A rich progress bar for token-counting jobs (rate in tokens/s and ETA), drawn on stderr."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+
+class _TokenRateColumn(ProgressColumn):
+    """Tokens per second, from rich's moving-window speed estimate."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed or 0:,.0f} tok/s", style="progress.data.speed")
+
+
+@contextmanager
+def token_progress(description: str, total: int) -> Iterator[Callable[[int, int], None]]:
+    """Context manager yielding an on_progress(done, total) callback that drives the bar."""
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _TokenRateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+    with progress:
+        task = progress.add_task(description, total=total)
+
+        def update(done: int, new_total: int) -> None:
+            progress.update(task, completed=done, total=new_total)
+
+        yield update

@@ -1,0 +1,145 @@
+"""Activation sources: deterministic sequences of activation chunks that can restart at any chunk.
+
+A source yields (chunk_state, activations) pairs; activations is a (tokens, d_in) tensor in
+source order, and chunk_state is a small JSON-serialisable dict from which chunks(start=...)
+regenerates exactly that chunk and everything after it. The ActivationStore shuffles within
+chunks; a chunk mixes tokens from many sequences (hundreds of contexts, or one cache shard).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Protocol
+
+import torch
+
+from saelab.data.cache_reader import ActivationCache
+from saelab.data.corpora import Corpus
+from saelab.data.packing import ContextStream, StreamPosition, sae_token_mask, special_token_ids
+from saelab.data.seeding import derive_seed
+from saelab.lm.hooks import resolve_hook
+from saelab.lm.model import LanguageModel
+
+
+class ActivationSource(Protocol):
+    """What the ActivationStore needs from a source of activations."""
+
+    d_in: int
+
+    def describe(self) -> dict:
+        """What the source reads (recorded in store states to catch mismatched restores)."""
+
+    def chunks(self, start: dict | None = None) -> Iterator[tuple[dict, torch.Tensor]]:
+        """(chunk_state, activations (tokens, d_in)) from chunk `start` on (None: the first)."""
+
+
+class ModelSource:
+    """Activations of one hook computed by running an LM over a packed corpus."""
+
+    def __init__(
+        self,
+        model: LanguageModel,
+        hook: str,
+        corpus: Corpus,
+        *,
+        context_size: int = 128,
+        model_batch_size: int = 8,
+        chunk_contexts: int = 512,
+        seed: int = 0,
+        split: str = "train",
+        epochs: int | None = None,
+        exclude_special_tokens: bool = True,
+    ) -> None:
+        resolve_hook(model.model, hook)
+        self.model, self.hook, self.corpus = model, hook, corpus
+        self.context_size, self.model_batch_size = context_size, model_batch_size
+        self.chunk_contexts, self.seed, self.split, self.epochs = (
+            chunk_contexts,
+            seed,
+            split,
+            epochs,
+        )
+        self.excluded = special_token_ids(model.tokenizer) if exclude_special_tokens else []
+        self.d_in = model.d_model
+
+    def describe(self) -> dict:
+        """Model, hook, corpus and packing settings."""
+        return {
+            "kind": "model",
+            "model": self.model.name,
+            "hook": self.hook,
+            "corpus": self.corpus.spec,
+            "split": self.split,
+            "seed": self.seed,
+            "context_size": self.context_size,
+            "chunk_contexts": self.chunk_contexts,
+            "model_batch_size": self.model_batch_size,
+            "excluded_token_ids": self.excluded,
+        }
+
+    def chunks(self, start: dict | None = None) -> Iterator[tuple[dict, torch.Tensor]]:
+        """Chunks of chunk_contexts contexts each, run through the LM in fixed batches."""
+        start = start or {"chunk": 0, "stream": StreamPosition().to_dict()}
+        index = start["chunk"]
+        stream = ContextStream(
+            self.corpus, self.model.tokenizer, self.context_size, seed=self.seed,
+            split=self.split, epochs=self.epochs, start=StreamPosition.from_dict(start["stream"]),
+        )  # fmt: skip
+        while True:
+            state = {"chunk": index, "stream": stream.position.to_dict()}
+            parts, contexts = [], 0
+            while contexts < self.chunk_contexts:
+                try:
+                    batch = stream.next_batch(
+                        min(self.model_batch_size, self.chunk_contexts - contexts)
+                    )
+                except StopIteration:
+                    break
+                acts = self.model.activations(batch, self.hook)[self.hook]
+                parts.append(acts[sae_token_mask(batch, self.excluded).to(acts.device)])
+                contexts += len(batch)
+            if not parts:
+                return
+            yield state, torch.cat(parts)
+            index += 1
+
+
+def shard_order(seed: int, epoch: int, n_shards: int) -> list[int]:
+    """The seeded order in which an epoch visits the cache's shards."""
+    order = list(range(n_shards))
+    random.Random(derive_seed("shards", seed, epoch)).shuffle(order)
+    return order
+
+
+class CacheSource:
+    """Activations of one hook read shard by shard from a disk cache (shard order shuffled per epoch)."""
+
+    def __init__(
+        self, cache: ActivationCache, hook: str, *, seed: int = 0, epochs: int | None = None
+    ) -> None:
+        if not cache.shards:
+            raise ValueError(f"Cache {cache.path} has no shards.")
+        self.cache, self.hook = cache, cache.check_hook(hook)
+        self.seed, self.epochs = seed, epochs
+        self.d_in = cache.d_in
+
+    def describe(self) -> dict:
+        """Cache path, model and hook."""
+        return {
+            "kind": "cache",
+            "path": str(self.cache.path.resolve()),
+            "model": self.cache.config["model"],
+            "hook": self.hook,
+            "seed": self.seed,
+        }
+
+    def chunks(self, start: dict | None = None) -> Iterator[tuple[dict, torch.Tensor]]:
+        """One chunk per shard; chunk i is shard order(epoch)[i mod n_shards]."""
+        index = start["chunk"] if start else 0
+        n_shards = len(self.cache.shards)
+        while self.epochs is None or index < self.epochs * n_shards:
+            epoch, position = divmod(index, n_shards)
+            shard = shard_order(self.seed, epoch, n_shards)[position]
+            yield {"chunk": index}, self.cache.read_shard(shard, self.hook)
+            index += 1
