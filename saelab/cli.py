@@ -107,5 +107,77 @@ def cache(
         )
 
 
+@app.command("eval")
+def eval_command(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="SAE to evaluate: a saelab/SAELens directory, a run directory (with sae/), "
+            "or a Gemma Scope params.npz."
+        ),
+    ],
+    model: Annotated[
+        str | None, typer.Option(help="Model (default: the SAE's recorded model_name).")
+    ] = None,
+    hook: Annotated[
+        str | None, typer.Option(help="Hook point (default: the SAE's recorded hook_name).")
+    ] = None,
+    corpus: Annotated[
+        str, typer.Option(help="Corpus whose held-out split is evaluated (as in `cache`).")
+    ] = "python-stdlib",
+    tokens: Annotated[
+        int, typer.Option(help="Evaluation tokens (BOS/EOS/pad not counted).")
+    ] = 8192,
+    batch_size: Annotated[int, typer.Option(help="Contexts per LM forward pass.")] = 8,
+    context_size: Annotated[
+        int | None,
+        typer.Option(help="Tokens per context, BOS included (default: the SAE's, else 128)."),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="Torch device (default: cuda if available, else cpu).")
+    ] = None,
+    dtype: Annotated[
+        str, typer.Option(help="Dtype the LM runs in: float32, float16 or bfloat16.")
+    ] = "float32",
+    seed: Annotated[int, typer.Option(help="Seed of the held-out document order.")] = 0,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="eval.json path (default: PATH/eval.json, or beside an .npz)."),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print eval.json on stdout instead of a table.")
+    ] = False,
+) -> None:
+    """SPEC §3 metrics + spliced-LM loss on held-out text → eval.json, latent stats, density plot."""
+    from rich.console import Console
+
+    from saelab.evals.command import run_eval_command
+    from saelab.evals.report import report_table
+
+    try:
+        report, written = run_eval_command(
+            path=path, model=model, hook=hook, corpus=corpus, tokens=tokens,
+            batch_size=batch_size, context_size=context_size, device=device, dtype=dtype,
+            seed=seed, out=out,
+        )  # fmt: skip
+    except (LookupError, ValueError, ModuleNotFoundError) as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(1) from error
+    if report["n_tokens"] < tokens:
+        typer.echo(
+            f"Warning: the held-out split had only {report['n_tokens']:,} tokens.", err=True
+        )
+    if json_output:
+        typer.echo(json.dumps(report))
+    else:
+        Console().print(report_table(report))
+        typer.echo(f"Wrote {written} (+ latent stats and density plot beside it)")
+
+
+from saelab.train.cli_train import train_command  # noqa: E402
+
+app.command("train")(train_command)
+
+
 if __name__ == "__main__":
     app()

@@ -34,13 +34,18 @@ class ActivationSource(Protocol):
         """(chunk_state, activations (tokens, d_in)) from chunk `start` on (None: the first)."""
 
 
+def hook_list(hook: str | list[str]) -> list[str]:
+    """One hook name or several; several are concatenated along the feature axis, in order."""
+    return [hook] if isinstance(hook, str) else list(hook)
+
+
 class ModelSource:
-    """Activations of one hook computed by running an LM over a packed corpus."""
+    """Activations of one hook (or several, side by side) computed by running an LM over a corpus."""
 
     def __init__(
         self,
         model: LanguageModel,
-        hook: str,
+        hook: str | list[str],
         corpus: Corpus,
         *,
         context_size: int = 128,
@@ -51,7 +56,9 @@ class ModelSource:
         epochs: int | None = None,
         exclude_special_tokens: bool = True,
     ) -> None:
-        resolve_hook(model.model, hook)
+        self.hooks = hook_list(hook)
+        for name in self.hooks:
+            resolve_hook(model.model, name)
         self.model, self.hook, self.corpus = model, hook, corpus
         self.context_size, self.model_batch_size = context_size, model_batch_size
         self.chunk_contexts, self.seed, self.split, self.epochs = (
@@ -61,7 +68,7 @@ class ModelSource:
             epochs,
         )
         self.excluded = special_token_ids(model.tokenizer) if exclude_special_tokens else []
-        self.d_in = model.d_model
+        self.d_in = model.d_model * len(self.hooks)
 
     def describe(self) -> dict:
         """Model, hook, corpus and packing settings."""
@@ -96,8 +103,9 @@ class ModelSource:
                     )
                 except StopIteration:
                     break
-                acts = self.model.activations(batch, self.hook)[self.hook]
-                parts.append(acts[sae_token_mask(batch, self.excluded).to(acts.device)])
+                acts = self.model.activations(batch, self.hooks)
+                mask = sae_token_mask(batch, self.excluded)
+                parts.append(torch.cat([acts[h][mask.to(acts[h].device)] for h in self.hooks], -1))
                 contexts += len(batch)
             if not parts:
                 return
@@ -113,16 +121,22 @@ def shard_order(seed: int, epoch: int, n_shards: int) -> list[int]:
 
 
 class CacheSource:
-    """Activations of one hook read shard by shard from a disk cache (shard order shuffled per epoch)."""
+    """Activations of one hook (or several, side by side) read shard by shard from a disk cache."""
 
     def __init__(
-        self, cache: ActivationCache, hook: str, *, seed: int = 0, epochs: int | None = None
+        self,
+        cache: ActivationCache,
+        hook: str | list[str],
+        *,
+        seed: int = 0,
+        epochs: int | None = None,
     ) -> None:
         if not cache.shards:
             raise ValueError(f"Cache {cache.path} has no shards.")
-        self.cache, self.hook = cache, cache.check_hook(hook)
+        self.hooks = [cache.check_hook(h) for h in hook_list(hook)]
+        self.cache, self.hook = cache, hook
         self.seed, self.epochs = seed, epochs
-        self.d_in = cache.d_in
+        self.d_in = cache.d_in * len(self.hooks)
 
     def describe(self) -> dict:
         """Cache path, model and hook."""
@@ -141,5 +155,6 @@ class CacheSource:
         while self.epochs is None or index < self.epochs * n_shards:
             epoch, position = divmod(index, n_shards)
             shard = shard_order(self.seed, epoch, n_shards)[position]
-            yield {"chunk": index}, self.cache.read_shard(shard, self.hook)
+            acts = [self.cache.read_shard(shard, h) for h in self.hooks]
+            yield {"chunk": index}, acts[0] if len(acts) == 1 else torch.cat(acts, -1)
             index += 1

@@ -49,7 +49,7 @@ class ActivationStore:
     def from_model(
         cls,
         model: LanguageModel | str,
-        hook: str,
+        hook: str | list[str],
         corpus: Corpus | str = "python-stdlib",
         *,
         batch_size: int = 4096,
@@ -79,7 +79,7 @@ class ActivationStore:
         cls,
         path: str | Path | ActivationCache,
         *,
-        hook: str | None = None,
+        hook: str | list[str] | None = None,
         batch_size: int = 4096,
         seed: int = 0,
         epochs: int | None = None,

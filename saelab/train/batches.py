@@ -1,8 +1,9 @@
-"""Turn the `data` argument of `train` into exact-size batches of activations."""
+"""Turn the `data` argument of `train` into exact-size batches, with a resumable position."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -12,7 +13,9 @@ class BatchStream:
     """Exact `batch_size` batches from a tensor (shuffled each epoch) or an iterable of batches.
 
     An iterable is re-chunked to the batch size; a re-iterable one (a list, a store) is
-    restarted when it runs out, a one-shot iterator raises a clear error instead.
+    restarted when it runs out, a one-shot iterator raises a clear error instead. The first
+    tokens can be peeked (for the normalisation constant) and are then trained on as usual.
+    state_dict() captures the position exactly for tensors and for activation stores.
     """
 
     def __init__(
@@ -24,19 +27,21 @@ class BatchStream:
     ) -> None:
         self.batch_size = batch_size
         self.device = torch.device(device)
-        self.generator = torch.Generator().manual_seed(seed)
         self.tokens_read = 0
         self._peeked: list[Tensor] = []
         self._carry: Tensor | None = None
+        self._tensor: Tensor | None = None
         if isinstance(data, Tensor):
             self._tensor = data.reshape(-1, data.shape[-1])
             if self._tensor.shape[0] == 0:
                 raise ValueError("train(data=...): the activation tensor is empty")
+            self.generator = torch.Generator().manual_seed(seed)
             self._order = torch.empty(0, dtype=torch.long)
             self._pos = 0
         else:
-            self._tensor = None
             self._source = data
+            self._stateful = hasattr(data, "state_dict") and hasattr(data, "load_state_dict")
+            self._start = data.state_dict() if self._stateful else None
             self._iter = iter(data)
 
     @property
@@ -48,9 +53,8 @@ class BatchStream:
         if self._peeked:
             return self._peeked.pop(0)
         if self._tensor is not None:
-            n = self._tensor.shape[0]
             if self._pos >= len(self._order):
-                self._order = torch.randperm(n, generator=self.generator)
+                self._order = torch.randperm(self._tensor.shape[0], generator=self.generator)
                 self._pos = 0
             idx = self._order[self._pos : self._pos + self.batch_size]
             self._pos += len(idx)
@@ -107,3 +111,40 @@ class BatchStream:
             batch = batch[: self.batch_size]
         self.tokens_read += batch.shape[0]
         return batch.to(self.device, torch.float32, non_blocking=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The exact position: the next batch after load_state_dict is the one that comes next."""
+        state: dict[str, Any] = {"tokens_read": self.tokens_read, "carry": self._carry}
+        if self._tensor is not None:
+            return state | {
+                "generator": self.generator.get_state(),
+                "order": self._order,
+                "pos": self._pos,
+            }
+        if not self._stateful:
+            raise TypeError(
+                "this activation source cannot save its position; use a tensor or an ActivationStore"
+            )
+        if self._peeked:
+            # Still replaying peeked rows: restart from the beginning and skip what was used.
+            return {"tokens_read": self.tokens_read, "start": self._start}
+        return state | {"source": self._source.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tokens_read, self._peeked = state["tokens_read"], []
+        if self._tensor is not None:
+            self.generator.set_state(state["generator"])
+            self._order, self._pos, self._carry = state["order"], state["pos"], state["carry"]
+            return
+        if "start" in state:
+            self._source.load_state_dict(state["start"])
+            self._iter, self._carry = iter(self._source), None
+            skipped = 0
+            while skipped < self.tokens_read:
+                chunk = self._next_from_iterable()
+                skipped += chunk.shape[0]
+                if skipped > self.tokens_read:
+                    self._carry = chunk[chunk.shape[0] - (skipped - self.tokens_read) :]
+            return
+        self._source.load_state_dict(state["source"])
+        self._iter, self._carry = iter(self._source), state["carry"]

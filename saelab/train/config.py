@@ -22,7 +22,7 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     # SPEC §2.4 (Gemma Scope): Adam β=(0, 0.999), cosine LR warm-up over 1,000 steps,
-    # λ linear warm-up over 10,000 steps.
+    # λ linear warm-up over 10,000 steps (both capped at 10% of the run for short runs).
     "jumprelu": Recipe(7e-5, (0.0, 0.999), 1e-3, 1000, 0.0, 10_000, 0.0),
     # SPEC §2.1 (Anthropic, April 2024): λ warm-up over 5% of steps, LR decay over the last 20%.
     "relu": Recipe(5e-5, (0.9, 0.999), 5.0, 0, 0.2, None, 0.05),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -116,11 +117,26 @@ class SAETrainer:
         if len(self._pending) >= self.config.log_every:
             self.flush()
 
-    def flush(self) -> None:
-        """Move pending metrics to the history (one host sync per log_every steps)."""
-        for m in self._pending:
-            self.history.append({k: float(v) for k, v in m.items()})
+    def flush(self) -> list[dict[str, float]]:
+        """Move pending metrics to the history (one host sync per log_every steps); returns them."""
+        new = [{k: float(v) for k, v in m.items()} for m in self._pending]
+        self.history.extend(new)
         self._pending.clear()
+        return new
+
+    def state_dict(self) -> dict[str, Any]:
+        self.flush()
+        return {
+            "sae": {k: v.clone() for k, v in self.sae.state_dict().items()},
+            "sae_cfg": self.sae.cfg.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "tracker": self.tracker.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sae.load_state_dict(state["sae"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.tracker.load_state_dict(state["tracker"])
 
 
 SHARED_FIELDS = (
@@ -133,18 +149,98 @@ SHARED_FIELDS = (
 )
 
 
-def _per_sae_configs(config: TrainConfig | list[TrainConfig] | None, n: int) -> list[TrainConfig]:
+def per_sae_configs(config: TrainConfig | list[TrainConfig] | None, n: int) -> list[TrainConfig]:
     """One config per SAE; lockstep SAEs must agree on everything about the data stream."""
     configs = config if isinstance(config, list) else [config or TrainConfig()] * n
     if len(configs) != n:
         raise ValueError(f"train() got {n} SAEs but {len(configs)} configs")
     for name in SHARED_FIELDS:
-        values = {getattr(c, name) for c in configs}
+        values = {str(getattr(c, name)) for c in configs}
         if len(values) > 1:
             raise ValueError(
-                f"lockstep SAEs share one data stream, so TrainConfig.{name} must agree; got {sorted(map(str, values))}"
+                f"lockstep SAEs share one data stream, so TrainConfig.{name} must agree; "
+                f"got {sorted(values)}"
             )
     return configs
+
+
+class Lockstep:
+    """Many SAEs trained on one activation stream; each reads its own columns (its hook).
+
+    columns[i] selects SAE i's features from each batch (several hooks side by side);
+    each column group gets its own normalisation constant C (SPEC §1).
+    """
+
+    def __init__(
+        self,
+        saes: list[SAE],
+        configs: list[TrainConfig],
+        data: Tensor | Iterable[Tensor],
+        columns: list[slice] | None = None,
+    ) -> None:
+        self.saes, self.configs = saes, configs
+        shared = configs[0]
+        self.total_steps, self.batch_size = shared.total_steps, shared.batch_size
+        self.stream = BatchStream(data, shared.batch_size, shared.seed, shared.device)
+        self.columns = columns or [slice(None)] * len(saes)
+        width = self.stream.d_in
+        for sae, cols in zip(saes, self.columns, strict=True):
+            d = len(range(width)[cols])
+            if sae.cfg.d_in != d:
+                raise ValueError(
+                    f"{sae.cfg.architecture} SAE has d_in={sae.cfg.d_in} but the data has d_in={d}"
+                )
+            sae.to(shared.device).train()
+        self.trainers = [SAETrainer(sae, cfg) for sae, cfg in zip(saes, configs, strict=True)]
+        self.norms: dict[str, float] = {}
+        self.step = 0
+
+    def _key(self, cols: slice) -> str:
+        return f"{cols.start}:{cols.stop}"
+
+    def prepare(self) -> None:
+        """Estimate each column group's C on the first tokens and run data-dependent inits."""
+        torch.manual_seed(self.configs[0].seed)
+        shared = self.configs[0]
+        sample = self.stream.peek(shared.norm_estimate_tokens).to(shared.device)
+        for sae, cols in zip(self.saes, self.columns, strict=True):
+            key = self._key(cols)
+            if key not in self.norms:
+                self.norms[key] = (
+                    normalization_constant(sample[:, cols]) if shared.normalize else 1.0
+                )
+            sae.initialize_from_data(sample[:, cols] / self.norms[key])
+
+    def train_step(self) -> None:
+        """One batch, one optimizer step for every SAE."""
+        x = next(self.stream)
+        for t, cols in zip(self.trainers, self.columns, strict=True):
+            t.step(x[:, cols] / self.norms[self._key(cols)], self.step)
+        self.step += 1
+
+    def finish(self) -> None:
+        """Flush metrics, fold each C into its SAE (SPEC §1) and switch to eval mode."""
+        for t, cols in zip(self.trainers, self.columns, strict=True):
+            t.flush()
+            t.sae.fold_normalization(self.norms[self._key(cols)])
+            t.sae.eval()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: weights, optimizers, trackers, data, RNG."""
+        return {
+            "step": self.step,
+            "norms": dict(self.norms),
+            "trainers": [t.state_dict() for t in self.trainers],
+            "stream": self.stream.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.norms = state["step"], dict(state["norms"])
+        for t, s in zip(self.trainers, state["trainers"], strict=True):
+            t.load_state_dict(s)
+        self.stream.load_state_dict(state["stream"])
+        torch.set_rng_state(state["torch_rng"])
 
 
 def train(
@@ -162,40 +258,24 @@ def train(
     saes = [sae_or_list] if isinstance(sae_or_list, SAE) else list(sae_or_list)
     if not saes:
         raise ValueError("train() needs at least one SAE")
-    configs = _per_sae_configs(config, len(saes))
-    shared = configs[0]
-    torch.manual_seed(shared.seed)
-    stream = BatchStream(data, shared.batch_size, shared.seed, shared.device)
-    for sae in saes:
-        if sae.cfg.d_in != stream.d_in:
-            raise ValueError(
-                f"{sae.cfg.architecture} SAE has d_in={sae.cfg.d_in} but the data has d_in={stream.d_in}"
-            )
-        sae.to(shared.device).train()
-    sample = stream.peek(shared.norm_estimate_tokens).to(shared.device)
-    c = normalization_constant(sample) if shared.normalize else 1.0
-    for sae in saes:
-        sae.initialize_from_data(sample / c)
-    trainers = [SAETrainer(sae, cfg) for sae, cfg in zip(saes, configs, strict=True)]
+    configs = per_sae_configs(config, len(saes))
+    run = Lockstep(saes, configs, data)
+    run.prepare()
     names = [
         f"{s.cfg.architecture}[{i}]" if len(saes) > 1 else s.cfg.architecture
         for i, s in enumerate(saes)
     ]
     log_every = min(cfg.log_every for cfg in configs)
     with TrainProgress(
-        shared.total_steps * shared.batch_size, names, any(c.progress for c in configs)
+        run.total_steps * run.batch_size, names, any(c.progress for c in configs)
     ) as bar:
-        for step in range(shared.total_steps):
-            x = next(stream) / c
-            for t in trainers:
-                t.step(x, step)
-            if (step + 1) % log_every == 0:
+        while run.step < run.total_steps:
+            run.train_step()
+            if run.step % log_every == 0:
                 bar.update(
-                    (step + 1) * shared.batch_size,
-                    [t.history[-1] if t.history else {} for t in trainers],
+                    run.step * run.batch_size,
+                    [t.history[-1] if t.history else {} for t in run.trainers],
                 )
-    for t in trainers:
-        t.flush()
-        t.sae.fold_normalization(c)
-        t.sae.eval()
-    return trainers[0].history if isinstance(sae_or_list, SAE) else [t.history for t in trainers]
+    run.finish()
+    histories = [t.history for t in run.trainers]
+    return histories[0] if isinstance(sae_or_list, SAE) else histories

@@ -15,8 +15,8 @@ BUDGET = {"total_tokens": 1_000_000, "batch_size": 1024, "lr": 3e-3, "seed": 0}
 SETTINGS = {
     "jumprelu": ({}, 0.05),  # paper-exact ε = 0.001 and θ init 0.001 (SPEC §2.4)
     "topk": ({"k": 5}, 0.0),
-    "relu": ({}, 0.1),
-    "gated": ({}, 0.1),
+    "relu": ({}, 0.3),
+    "gated": ({}, 1.0),
 }
 
 

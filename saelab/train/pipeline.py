@@ -1,0 +1,211 @@
+"""`saelab train`: a lockstep sweep from one activation stream, with checkpoints and resume."""
+
+from __future__ import annotations
+
+import signal
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+import yaml
+
+from saelab.sae import SAE, create_sae
+from saelab.train.checkpoint import load_latest_checkpoint, save_checkpoint
+from saelab.train.outputs import MetricsWriter, plot_training_curves
+from saelab.train.progress import TrainProgress
+from saelab.train.run_config import RunConfig
+from saelab.train.trainer import Lockstep
+
+CONFIG_FILE = "config.yaml"
+BYTES_PER_PARAM = 16  # fp32 weight + gradient + two Adam moments
+ACTIVATION_COPIES = 8  # pre-activations, features, masks and their gradients per latent
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM arrived; a checkpoint was written and the run can be resumed."""
+
+
+@dataclass
+class SweepMember:
+    """One SAE of the sweep and where its files go."""
+
+    name: str
+    hook: str
+    sae: SAE
+    directory: Path
+    columns: slice
+
+
+def _member_name(
+    hook: str, arch: str, options: dict[str, Any], sparsity: float | None, hooks: int
+) -> str:
+    setting = (
+        f"k{options['k']}"
+        if "k" in options
+        else f"lam{sparsity:g}"
+        if sparsity is not None
+        else "default"
+    )
+    return (f"{hook}--" if hooks > 1 else "") + f"{arch}-{setting}"
+
+
+def open_activations(cfg: RunConfig, batch_size: int, seed: int, device: str):
+    """The activation store for the run's hooks (all hooks from one LM pass or one cache read)."""
+    from saelab.data import ActivationStore
+    from saelab.data.cache_reader import ActivationCache
+
+    if cfg.cache:
+        cache = ActivationCache(cfg.cache, model=cfg.model, hooks=cfg.hooks)
+        store = ActivationStore.from_cache(
+            cache, hook=cfg.hooks, batch_size=batch_size, seed=seed, device=device
+        )
+        return store, cache.config["model"]
+    from saelab.lm import load_model
+
+    lm = load_model(cfg.model, device=device, dtype=cfg.model_dtype)
+    names = lm.hook_names()
+    for hook in cfg.hooks:
+        if hook not in names:
+            raise ValueError(f"hook: {hook!r} is not a hook of {cfg.model}; valid: {names}")
+    store = ActivationStore.from_model(
+        lm, cfg.hooks, cfg.corpus, batch_size=batch_size, context_size=cfg.context_size,
+        model_batch_size=cfg.model_batch_size, seed=seed, device=device,
+    )  # fmt: skip
+    return store, lm.name
+
+
+def check_memory(
+    members: list[SweepMember], batch_size: int, device: str, limit_gb: float | None
+) -> str:
+    """Estimate the sweep's training memory; refuse before any work if it will not fit."""
+    params = sum(p.numel() for m in members for p in m.sae.parameters())
+    acts = sum(batch_size * m.sae.cfg.d_sae for m in members) * ACTIVATION_COPIES * 4
+    need = params * BYTES_PER_PARAM + acts
+    if limit_gb is not None:
+        available = limit_gb * 2**30
+    elif torch.device(device).type == "cuda":
+        available = torch.cuda.mem_get_info(torch.device(device))[0]
+    else:
+        available = psutil.virtual_memory().available
+    report = f"{len(members)} SAE(s), estimated training memory {need / 2**30:.2f} GiB of {available / 2**30:.2f} GiB available"
+    if need > 0.9 * available:
+        raise MemoryError(
+            f"{report}: this sweep will not fit; use fewer SAEs, a smaller width or batch size, "
+            "or set max_memory_gb if the estimate is too cautious"
+        )
+    return report
+
+
+def build_members(cfg: RunConfig, d_per_hook: int, model_name: str, out: Path) -> list[SweepMember]:
+    """Create every SAE of the sweep (seeded) with its output folder."""
+    seed = cfg.train_config(None, None).seed
+    width = cfg.width or 16 * d_per_hook
+    sweep = cfg.sweep()
+    members = []
+    for i, (hook, arch, options, sparsity) in enumerate(sweep):
+        name = _member_name(hook, arch, options, sparsity, len(cfg.hooks))
+        sae = create_sae(
+            arch, d_per_hook, width, seed=seed + i, model_name=model_name, hook_name=hook,
+            context_size=cfg.context_size, dataset=cfg.corpus if not cfg.cache else cfg.cache, **options,
+        )  # fmt: skip
+        h = cfg.hooks.index(hook)
+        directory = out if len(sweep) == 1 else out / name
+        members.append(
+            SweepMember(name, hook, sae, directory, slice(h * d_per_hook, (h + 1) * d_per_hook))
+        )
+    return members
+
+
+@contextmanager
+def _stop_on_signals():
+    """Turn SIGINT/SIGTERM into a flag checked between steps (so a checkpoint can be written)."""
+    received: list[int] = []
+    previous = {
+        s: signal.signal(s, lambda signum, _: received.append(signum))
+        for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def run_training(
+    cfg: RunConfig, *, resume: bool = False, progress: bool = True, log=print
+) -> list[SweepMember]:
+    """Train the whole sweep described by cfg into cfg.out; resume from its checkpoint if asked."""
+    out = Path(cfg.out)
+    if not resume and (out / CONFIG_FILE).exists():
+        raise FileExistsError(
+            f"{out} already holds a run; use --resume {out} or choose another --out"
+        )
+    base = cfg.train_config(None, None)
+    store, model_name = open_activations(cfg, base.batch_size, base.seed, base.device)
+    d_per_hook = store.d_in // len(cfg.hooks)
+    members = build_members(cfg, d_per_hook, model_name, out)
+    log(check_memory(members, base.batch_size, base.device, cfg.max_memory_gb))
+    configs = [cfg.train_config(arch, sparsity) for (_, arch, _, sparsity) in cfg.sweep()]
+    run = Lockstep([m.sae for m in members], configs, store, [m.columns for m in members])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    for m in members:
+        m.directory.mkdir(parents=True, exist_ok=True)
+    writers = [MetricsWriter(m.directory, m.name, cfg.loggers) for m in members]
+    found = load_latest_checkpoint(out / "checkpoints") if resume else None
+    # metrics.jsonl lines already on disk before this process's in-memory history begins.
+    lines_before = list(found[0]["metrics_lines"]) if found else [0] * len(members)
+    for w, n in zip(writers, lines_before, strict=True):
+        w.truncate(n)
+    if found:
+        run.load_state_dict(found[0]["lockstep"])
+        log(f"resumed from {found[1]} at step {run.step}")
+    else:
+        run.prepare()
+    written = [0] * len(members)
+
+    def write_new_metrics() -> None:
+        for i, (w, t) in enumerate(zip(writers, run.trainers, strict=True)):
+            w.write(t.history[written[i] :])
+            written[i] = len(t.history)
+
+    def checkpoint() -> Path:
+        for t in run.trainers:
+            t.flush()
+        write_new_metrics()
+        lines = [a + b for a, b in zip(lines_before, written, strict=True)]
+        return save_checkpoint(
+            out / "checkpoints", run.step, {"lockstep": run.state_dict(), "metrics_lines": lines}
+        )
+
+    log_every = min(c.log_every for c in configs)
+    with (
+        _stop_on_signals() as stop,
+        TrainProgress(run.total_steps * run.batch_size, [m.name for m in members], progress) as bar,
+    ):
+        bar.update(run.step * run.batch_size, [{} for _ in members])
+        while run.step < run.total_steps:
+            run.train_step()
+            if run.step % log_every == 0:
+                write_new_metrics()
+                bar.update(
+                    run.step * run.batch_size,
+                    [t.history[-1] if t.history else {} for t in run.trainers],
+                )
+            if stop or run.step % cfg.checkpoint_every == 0:
+                path = checkpoint()
+                if stop:
+                    raise TrainingInterrupted(
+                        f"interrupted at step {run.step}; checkpoint {path}; continue with: saelab train --resume {out}"
+                    )
+    run.finish()
+    write_new_metrics()
+    for m in members:
+        m.sae.save(m.directory / "sae")
+        plot_training_curves(
+            m.directory / "metrics.jsonl", m.directory / "plots" / "training.png", m.name
+        )
+    return members

@@ -1,0 +1,147 @@
+"""RunConfig: everything `saelab train` needs, from a YAML/TOML file and flags (flags win)."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from saelab.sae import architectures, sae_class
+from saelab.train.config import TrainConfig
+
+TOPK_ARCHS = ("topk", "batchtopk")
+# TrainConfig fields a run config may set directly (the rest are derived from the run).
+TRAIN_FIELDS = tuple(
+    f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("total_tokens", "progress")
+)
+
+
+@dataclass
+class RunConfig:
+    """A training run: data source, the SAEs of the (lockstep) sweep, and how to train them."""
+
+    out: str = "runs/run"
+    model: str | None = None
+    hooks: list[str] = field(default_factory=list)
+    corpus: str = "python-stdlib"
+    cache: str | None = None
+    archs: list[str] = field(default_factory=lambda: ["jumprelu"])
+    width: int | None = None
+    sparsity: list[float] = field(default_factory=list)
+    k: list[int] = field(default_factory=lambda: [64])
+    arch_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tokens: int = 2_000_000
+    context_size: int = 128
+    model_batch_size: int = 8
+    model_dtype: str = "float32"
+    checkpoint_every: int = 500
+    loggers: list[str] = field(default_factory=list)
+    max_memory_gb: float | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Fail before any work, naming the field and the valid values."""
+        if not self.hooks:
+            raise ValueError("hooks: give at least one hook (e.g. --hook blocks.6.hook_resid_post)")
+        if self.model is None and self.cache is None:
+            raise ValueError("model/cache: give --model (activations computed live) or --cache DIR")
+        for arch in self.archs:
+            if arch not in architectures():
+                raise ValueError(f"arch: unknown architecture {arch!r}; valid: {architectures()}")
+        if self.width is not None and self.width < 1:
+            raise ValueError(f"width: must be an integer ≥ 1, got {self.width}")
+        for s in self.sparsity:
+            if s < 0:
+                raise ValueError(f"sparsity: coefficients must be ≥ 0, got {s}")
+        for k in self.k:
+            if k < 1:
+                raise ValueError(f"k: must be an integer ≥ 1, got {k}")
+        if self.tokens < 1:
+            raise ValueError(f"tokens: must be ≥ 1, got {self.tokens}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every: must be ≥ 1 step, got {self.checkpoint_every}")
+        for name in self.loggers:
+            if name not in ("tensorboard", "wandb"):
+                raise ValueError(
+                    f"loggers: unknown logger {name!r}; valid: ['tensorboard', 'wandb']"
+                )
+        for arch, options in self.arch_options.items():
+            allowed = set(sae_class(arch).options)
+            unknown = sorted(set(options) - allowed)
+            if unknown:
+                raise ValueError(
+                    f"arch_options.{arch}: unknown option(s) {unknown}; valid: {sorted(allowed)}"
+                )
+        unknown = sorted(set(self.train) - set(TRAIN_FIELDS))
+        if unknown:
+            raise ValueError(f"train: unknown field(s) {unknown}; valid: {sorted(TRAIN_FIELDS)}")
+        self.train_config(None, None)
+
+    def train_config(self, arch: str | None, sparsity: float | None) -> TrainConfig:
+        """The TrainConfig of one SAE of the sweep."""
+        extra = {"sparsity_coefficient": sparsity} if sparsity is not None else {}
+        values = {**self.train, "total_tokens": self.tokens, **extra}
+        if "betas" in values:
+            values["betas"] = tuple(values["betas"])
+        return TrainConfig(**values)
+
+    def sweep(self) -> list[tuple[str, str, dict[str, Any], float | None]]:
+        """(hook, arch, options, sparsity coefficient) for every SAE: hooks × archs × settings."""
+        runs = []
+        for hook in self.hooks:
+            for arch in self.archs:
+                options = dict(self.arch_options.get(arch, {}))
+                if arch in TOPK_ARCHS:
+                    runs += [(hook, arch, options | {"k": k}, None) for k in self.k]
+                else:
+                    runs += [(hook, arch, options, s) for s in (self.sparsity or [None])]
+        return runs
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> RunConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
+        return cls(**d)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML (.yaml/.yml) or TOML (.toml) run config as a dict."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the config file ({e.strerror})") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        raise ValueError(
+            f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'} ({e})"
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def resolve_run_config(file: str | Path | None, overrides: dict[str, Any]) -> RunConfig:
+    """File values, then flag overrides (None means "not given"), validated."""
+    values = read_config_file(file) if file else {}
+    source = str(file) if file else "flags"
+    cfg = RunConfig.from_dict(values, source)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in TRAIN_FIELDS:
+            cfg.train[key] = value
+        else:
+            setattr(cfg, key, value)
+    cfg.validate()
+    return cfg
