@@ -19,11 +19,14 @@ app = typer.Typer(
 def demo(
     out: str = typer.Option("demo_out", help="Folder for the demo's SAEs and report."),
     seed: int = typer.Option(0, help="Random seed (data, initialisation, shuffling)."),
+    toy: bool = typer.Option(
+        False, help="Instead: JumpReLU vs TopK on synthetic data with a known dictionary (no LM)."
+    ),
 ) -> None:
-    """End-to-end quickstart on the built-in defaults."""
-    from saelab.demo import run_demo
+    """End-to-end quickstart on the built-in defaults (gemma-3-270m, python-stdlib, JumpReLU)."""
+    from saelab.demo import run_demo, run_toy_demo
 
-    run_demo(out=out, seed=seed)
+    (run_toy_demo if toy else run_demo)(out=out, seed=seed)
 
 
 @app.command()
@@ -164,9 +167,7 @@ def eval_command(
         typer.echo(f"Error: {error}", err=True)
         raise typer.Exit(1) from error
     if report["n_tokens"] < tokens:
-        typer.echo(
-            f"Warning: the held-out split had only {report['n_tokens']:,} tokens.", err=True
-        )
+        typer.echo(f"Warning: the held-out split had only {report['n_tokens']:,} tokens.", err=True)
     if json_output:
         typer.echo(json.dumps(report))
     else:

@@ -13,10 +13,8 @@ class DeadLatentTracker:
         self.window = window
         self.tokens_since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
 
-    def update(self, feature_acts: Tensor) -> None:
-        """Record one batch of feature activations (B, d_sae)."""
-        fired = (feature_acts.reshape(-1, feature_acts.shape[-1]) != 0).any(0)
-        n_tokens = feature_acts.numel() // feature_acts.shape[-1]
+    def update(self, fired: Tensor, n_tokens: int) -> None:
+        """Record a batch of n_tokens in which the latents marked in `fired` (d_sae bool) fired."""
         self.tokens_since_fired = torch.where(fired, 0, self.tokens_since_fired + n_tokens)
 
     @property

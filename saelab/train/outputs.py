@@ -11,18 +11,22 @@ PLOTTED = ("loss", "l0", "fvu", "dead_fraction")
 class MetricsWriter:
     """Appends per-step metrics to metrics.jsonl and forwards them to optional loggers."""
 
-    def __init__(self, directory: Path, name: str, loggers: list[str]) -> None:
+    def __init__(
+        self, directory: Path, name: str, loggers: list[str], enabled: bool = True
+    ) -> None:
         self.path = directory / "metrics.jsonl"
-        self.name = name
+        self.name, self.enabled = name, enabled
         self.backends = [_make_backend(kind, directory, name) for kind in loggers]
 
     def truncate(self, n_lines: int) -> None:
         """Keep the first n_lines (the steps covered by the checkpoint being resumed)."""
-        if self.path.exists():
+        if self.enabled and self.path.exists():
             lines = self.path.read_text().splitlines(keepends=True)[:n_lines]
             self.path.write_text("".join(lines))
 
     def write(self, rows: list[dict[str, float]]) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")

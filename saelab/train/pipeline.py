@@ -14,6 +14,7 @@ import yaml
 
 from saelab.sae import SAE, create_sae
 from saelab.train.checkpoint import load_latest_checkpoint, save_checkpoint
+from saelab.train.distributed import any_rank, barrier, init_from_env, is_main, world
 from saelab.train.outputs import MetricsWriter, plot_training_curves
 from saelab.train.progress import TrainProgress
 from saelab.train.run_config import RunConfig
@@ -139,22 +140,32 @@ def run_training(
 ) -> list[SweepMember]:
     """Train the whole sweep described by cfg into cfg.out; resume from its checkpoint if asked."""
     out = Path(cfg.out)
+    base = cfg.train_config(None, None)
+    init_from_env(base.device)
     if not resume and (out / CONFIG_FILE).exists():
         raise FileExistsError(
             f"{out} already holds a run; use --resume {out} or choose another --out"
         )
-    base = cfg.train_config(None, None)
+    barrier()
+    main = is_main()
     store, model_name = open_activations(cfg, base.batch_size, base.seed, base.device)
     d_per_hook = store.d_in // len(cfg.hooks)
     members = build_members(cfg, d_per_hook, model_name, out)
-    log(check_memory(members, base.batch_size, base.device, cfg.max_memory_gb))
+    report = check_memory(members, base.batch_size, base.device, cfg.max_memory_gb)
+    if main:
+        ranks = world()[1]
+        log(report + (f"; data parallel over {ranks} processes" if ranks > 1 else ""))
     configs = [cfg.train_config(arch, sparsity) for (_, arch, _, sparsity) in cfg.sweep()]
     run = Lockstep([m.sae for m in members], configs, store, [m.columns for m in members])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    for m in members:
-        m.directory.mkdir(parents=True, exist_ok=True)
-    writers = [MetricsWriter(m.directory, m.name, cfg.loggers) for m in members]
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        for m in members:
+            m.directory.mkdir(parents=True, exist_ok=True)
+    writers = [
+        MetricsWriter(m.directory, m.name, cfg.loggers if main else [], enabled=main)
+        for m in members
+    ]
     found = load_latest_checkpoint(out / "checkpoints") if resume else None
     # metrics.jsonl lines already on disk before this process's in-memory history begins.
     lines_before = list(found[0]["metrics_lines"]) if found else [0] * len(members)
@@ -162,7 +173,8 @@ def run_training(
         w.truncate(n)
     if found:
         run.load_state_dict(found[0]["lockstep"])
-        log(f"resumed from {found[1]} at step {run.step}")
+        if main:
+            log(f"resumed from {found[1]} at step {run.step}")
     else:
         run.prepare()
     written = [0] * len(members)
@@ -195,14 +207,17 @@ def run_training(
                     run.step * run.batch_size,
                     [t.history[-1] if t.history else {} for t in run.trainers],
                 )
-            if stop or run.step % cfg.checkpoint_every == 0:
+            stopping = any_rank(bool(stop))
+            if stopping or run.step % cfg.checkpoint_every == 0:
                 path = checkpoint()
-                if stop:
+                if stopping:
                     raise TrainingInterrupted(
                         f"interrupted at step {run.step}; checkpoint {path}; continue with: saelab train --resume {out}"
                     )
     run.finish()
     write_new_metrics()
+    if not main:
+        return members
     for m in members:
         m.sae.save(m.directory / "sae")
         plot_training_curves(

@@ -12,6 +12,12 @@ from saelab.sae import SAE
 from saelab.train.batches import BatchStream
 from saelab.train.config import RECIPES, TrainConfig
 from saelab.train.dead import DeadLatentTracker
+from saelab.train.distributed import (
+    any_across_ranks,
+    average_gradients,
+    shard_batch,
+    world,
+)
 from saelab.train.progress import TrainProgress
 from saelab.train.resample import resample_dead_latents
 from saelab.train.schedules import LRSchedule, SparsitySchedule
@@ -88,6 +94,7 @@ class SAETrainer:
         out = sae.train_forward(x, lam, dead_mask)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        average_gradients(sae.parameters())
         if sae.unit_norm_decoder:
             sae.remove_parallel_gradient()
         if cfg.grad_clip_norm is not None:
@@ -96,7 +103,8 @@ class SAETrainer:
             group["lr"] = lr
         self.optimizer.step()
         sae.after_step()
-        self.tracker.update(out.feature_acts.detach())
+        fired = any_across_ranks((out.feature_acts.detach() != 0).any(0))
+        self.tracker.update(fired, x.shape[0] * world()[1])
         if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
             resample_dead_latents(sae, x, self.tracker.dead_mask, self.optimizer)
         self._record(step, lr, lam, out, x, dead_mask)
@@ -213,7 +221,7 @@ class Lockstep:
 
     def train_step(self) -> None:
         """One batch, one optimizer step for every SAE."""
-        x = next(self.stream)
+        x = shard_batch(next(self.stream))
         for t, cols in zip(self.trainers, self.columns, strict=True):
             t.step(x[:, cols] / self.norms[self._key(cols)], self.step)
         self.step += 1

@@ -284,3 +284,31 @@ def test_bad_config_file_and_foreign_cache_fail_clearly(small_cache, tmp_path):
     result = runner.invoke(app, ["train", "--config", str(toml), "--out", str(tmp_path / "b")])
     assert result.exit_code == 1 and "some-other-model" in result.output
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_equals_one_process(small_cache, tmp_path):
+    args = ["train", "--cache", str(small_cache), "--hook", HOOK, "--arch", "jumprelu,relu",
+            "--sparsity", "0.01", "--width", "128", "--tokens", "10240", "--batch-size", "256",
+            "--lr", "1e-3", "--checkpoint-every", "1000"]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    single = tmp_path / "single"
+    subprocess.run(
+        [sys.executable, "-m", "saelab.cli", *args, "--out", str(single)],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    ddp = tmp_path / "ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+         "-m", "saelab.cli", *args, "--out", str(ddp)],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "data parallel over 2 processes" in result.stdout
+    for name in ("jumprelu-lam0.01", "relu-lam0.01"):
+        a = load_file(str(single / name / "sae" / "sae_weights.safetensors"))
+        b = load_file(str(ddp / name / "sae" / "sae_weights.safetensors"))
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=f"{name} {key}")

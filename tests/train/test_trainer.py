@@ -116,13 +116,11 @@ def test_schedules():
 
 def test_dead_latent_tracking_by_token_window():
     tracker = DeadLatentTracker(4, window=300)
-    f = torch.zeros(100, 4)
-    f[:, 0] = 1.0
+    fired = torch.tensor([True, False, False, False])
     for _ in range(3):
-        tracker.update(f)
+        tracker.update(fired, 100)
     assert tracker.dead_mask.tolist() == [False, True, True, True]
-    f[5, 2] = 0.5
-    tracker.update(f)
+    tracker.update(torch.tensor([True, False, True, False]), 100)
     assert tracker.dead_mask.tolist() == [False, True, False, True]
 
 

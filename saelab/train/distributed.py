@@ -1,0 +1,77 @@
+"""Data parallelism with torch.distributed (launched by torchrun): gloo on CPU, NCCL on GPUs.
+
+Every rank reads the same global batch and trains on its 1/world slice; gradients are
+averaged, so the step equals the single-process step on the whole batch. Dead-latent
+firing is OR-ed across ranks. Rank 0 writes all files.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def init_from_env(device: str) -> None:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); a no-op otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+        dist.init_process_group(backend)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def shard_batch(x: Tensor) -> Tensor:
+    """This rank's contiguous 1/world slice of the global batch."""
+    rank, size = world()
+    if size == 1:
+        return x
+    if x.shape[0] % size:
+        raise ValueError(f"batch_size={x.shape[0]} must be divisible by the world size {size}")
+    return x.chunk(size)[rank]
+
+
+def average_gradients(params) -> None:
+    """All-reduce every gradient to the mean over ranks (equal local batch sizes)."""
+    _, size = world()
+    if size == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= size
+
+
+def any_across_ranks(mask: Tensor) -> Tensor:
+    """Element-wise OR of a bool tensor over ranks."""
+    if world()[1] == 1:
+        return mask
+    as_int = mask.to(torch.int32)
+    dist.all_reduce(as_int, op=dist.ReduceOp.MAX)
+    return as_int.bool()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if world()[1] > 1:
+        dist.barrier()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on any rank (so all ranks stop at the same step)."""
+    if world()[1] == 1:
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
