@@ -19,10 +19,10 @@ BASE = {"total_tokens": 1_000_000, "batch_size": 1024, "lr": 3e-3, "sparsity_coe
 VARIANTS = {
     "θ init 0.3 (≈ per-latent 99th pct of π)": ({"init_threshold": 0.3}, {}),
     "θ init 0.2 (≈ 95th pct of π)": ({"init_threshold": 0.2}, {}),
-    "paper init, no LR decay": ({}, {"lr_decay_fraction": 0.0}),
-    "paper init + LR decay (default)": ({}, {}),
-    "default + pre-act loss λ_P=0.1": ({"pre_act_coefficient": 0.1}, {}),
-    "default with ε = 0.05": ({"bandwidth": 0.05}, {}),
+    "paper init, no LR decay (default)": ({}, {}),
+    "paper init + LR decay over the last 20%": ({}, {"lr_decay_fraction": 0.2}),
+    "paper init + pre-act loss λ_P = 0.1": ({"pre_act_coefficient": 0.1}, {}),
+    "paper init, ε = 0.05": ({"bandwidth": 0.05}, {}),
 }
 
 

@@ -82,13 +82,12 @@ REAL_DEMO = {
     "model": "gemma-3-270m",
     "hook": "blocks.6.hook_resid_post",
     "corpus": "python-stdlib",
-    "train_tokens": 150_000,
+    "train_tokens": 120_000,
     "eval_tokens": 8_192,
     "width": 4096,
-    "batch_size": 1024,
+    "batch_size": 512,
     "lr": 2e-3,
-    "sparsity": 2e-3,
-    "bandwidth": 0.01,
+    "sparsity": 1e-3,
     "context_size": 128,
 }
 
@@ -127,7 +126,7 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0) -> dict[str, Any]:
     cfg = RunConfig(
         out=str(out / "run"), model=d["model"], hooks=[d["hook"]], cache=str(cache_dir),
         archs=["jumprelu"], width=d["width"], sparsity=[d["sparsity"]], tokens=d["train_tokens"],
-        context_size=d["context_size"], arch_options={"jumprelu": {"bandwidth": d["bandwidth"]}},
+        context_size=d["context_size"],
         train={"batch_size": d["batch_size"], "lr": d["lr"], "seed": seed},
     )  # fmt: skip
     if (out / "run").exists():

@@ -14,11 +14,21 @@ import torch.distributed as dist
 from torch import Tensor
 
 
-def init_from_env(device: str) -> None:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); a no-op otherwise."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
-        dist.init_process_group(backend)
+def init_from_env(device: str) -> str:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); returns this rank's device.
+
+    Under torchrun a bare "cuda" becomes cuda:LOCAL_RANK, so each process drives its own GPU.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return device
+    cuda = torch.device(device).type == "cuda"
+    if cuda and torch.device(device).index is None:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(torch.device(device))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return device
 
 
 def world() -> tuple[int, int]:

@@ -140,8 +140,8 @@ def run_training(
 ) -> list[SweepMember]:
     """Train the whole sweep described by cfg into cfg.out; resume from its checkpoint if asked."""
     out = Path(cfg.out)
-    base = cfg.train_config(None, None)
-    init_from_env(base.device)
+    device = init_from_env(cfg.train_config(None, None).device)
+    base = cfg.train_config(None, None, device)
     if not resume and (out / CONFIG_FILE).exists():
         raise FileExistsError(
             f"{out} already holds a run; use --resume {out} or choose another --out"
@@ -155,7 +155,7 @@ def run_training(
     if main:
         ranks = world()[1]
         log(report + (f"; data parallel over {ranks} processes" if ranks > 1 else ""))
-    configs = [cfg.train_config(arch, sparsity) for (_, arch, _, sparsity) in cfg.sweep()]
+    configs = [cfg.train_config(arch, sparsity, device) for (_, arch, _, sparsity) in cfg.sweep()]
     run = Lockstep([m.sae for m in members], configs, store, [m.columns for m in members])
     if main:
         out.mkdir(parents=True, exist_ok=True)

@@ -81,9 +81,13 @@ class RunConfig:
             raise ValueError(f"train: unknown field(s) {unknown}; valid: {sorted(TRAIN_FIELDS)}")
         self.train_config(None, None)
 
-    def train_config(self, arch: str | None, sparsity: float | None) -> TrainConfig:
-        """The TrainConfig of one SAE of the sweep."""
+    def train_config(
+        self, arch: str | None, sparsity: float | None, device: str | None = None
+    ) -> TrainConfig:
+        """The TrainConfig of one SAE of the sweep (device: this process's, under torchrun)."""
         extra = {"sparsity_coefficient": sparsity} if sparsity is not None else {}
+        if device is not None:
+            extra["device"] = device
         values = {**self.train, "total_tokens": self.tokens, **extra}
         if "betas" in values:
             values["betas"] = tuple(values["betas"])
