@@ -11,6 +11,8 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from saelab.validation import check_known_fields, check_values
+
 
 @dataclass
 class SAEConfig:
@@ -71,23 +73,14 @@ class SAEConfig:
             ),
             "normalization_constant": (self.normalization_constant > 0, "a positive float"),
         }
-        for name, (ok, valid) in checks.items():
-            if not ok:
-                raise ValueError(
-                    f"invalid SAE option {name}={getattr(self, name)!r}: must be {valid}"
-                )
+        check_values(self, checks, "SAE option")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SAEConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(
-                f"unknown SAE config field(s) {unknown}; valid fields: {sorted(names)}"
-            )
+        check_known_fields(cls, d, "SAE config")
         return cls(**d)
 
 

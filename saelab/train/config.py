@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from saelab.validation import check_known_fields, check_values
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -79,11 +81,7 @@ class TrainConfig:
             "resample_every": (self.resample_every is None or self.resample_every >= 1, "≥ 1"),
             "log_every": (self.log_every >= 1, "≥ 1"),
         }
-        for name, (ok, valid) in checks.items():
-            if not ok:
-                raise ValueError(
-                    f"invalid TrainConfig.{name}={getattr(self, name)!r}: must be {valid}"
-                )
+        check_values(self, checks, "TrainConfig")
 
     @property
     def total_steps(self) -> int:
@@ -94,8 +92,5 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}; valid: {sorted(names)}")
+        check_known_fields(cls, d, "TrainConfig")
         return cls(**d)

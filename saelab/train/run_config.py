@@ -12,6 +12,7 @@ import yaml
 
 from saelab.sae import architectures, sae_class
 from saelab.train.config import TrainConfig
+from saelab.validation import check_known_fields
 
 TOPK_ARCHS = ("topk", "batchtopk")
 # TrainConfig fields a run config may set directly (the rest are derived from the run).
@@ -110,10 +111,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> RunConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
+        check_known_fields(cls, d, source)
         return cls(**d)
 
 

@@ -177,9 +177,9 @@ def _cache_train_cmd(cache: Path, out: Path) -> list[str]:
         "--sparsity",
         "0.01",
         "--width",
-        "256",
+        "128",
         "--tokens",
-        "200000",
+        "64000",
         "--batch-size",
         "256",
         "--lr",
@@ -234,7 +234,7 @@ def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(small_cache, t
 def test_truncated_checkpoint_falls_back_to_the_previous_one(small_cache, tmp_path):
     out = tmp_path / "run"
     cmd = [a for a in _cache_train_cmd(small_cache, out)]
-    cmd[cmd.index("200000")] = "12800"
+    cmd[cmd.index("64000")] = "12800"
     subprocess.run(cmd, check=True, capture_output=True)
     ckpts = sorted((out / "checkpoints").glob("step_*.pt"))
     assert [p.name for p in ckpts] == ["step_000000020.pt", "step_000000040.pt"]
