@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from saelab.kernels import SparsePattern, batch_topk_codes
 from saelab.sae.registry import register
 from saelab.sae.topk import TopKSAE
 
@@ -40,15 +41,24 @@ class BatchTopKSAE(TopKSAE):
 
     def train_activation(self, pre: Tensor) -> Tensor:
         f = self.batch_topk(pre)
-        with torch.no_grad():
-            selected = f[f > 0]
-            if selected.numel():
-                smallest = selected.min().float()
-                if self.threshold < 0:
-                    self.threshold.copy_(smallest)
-                else:
-                    self.threshold.lerp_(smallest, THRESHOLD_MOMENTUM)
+        self._update_threshold(f)
         return f
+
+    def sparse_train_codes(self, sae_in: Tensor, pre: Tensor) -> tuple[SparsePattern, Tensor]:
+        pattern, values = batch_topk_codes(sae_in, pre, self.cfg.k, self.W_enc, self.b_enc)
+        self._update_threshold(values)
+        return pattern, values
+
+    @torch.no_grad()
+    def _update_threshold(self, selected: Tensor) -> None:
+        """θ ← running average of the smallest selected activation (SPEC §2.2)."""
+        selected = selected[selected > 0]
+        if selected.numel():
+            smallest = selected.min().float()
+            if self.threshold < 0:
+                self.threshold.copy_(smallest)
+            else:
+                self.threshold.lerp_(smallest, THRESHOLD_MOMENTUM)
 
     def _scale_encoder_offsets(self, c: float) -> None:
         super()._scale_encoder_offsets(c)

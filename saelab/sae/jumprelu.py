@@ -5,6 +5,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from saelab.kernels import (
+    SparsePattern,
+    dense_pre_acts,
+    dense_pre_acts_with_grad,
+    jumprelu_window,
+    kernel_options,
+    matmul_autocast,
+    sparse_decode,
+    sparse_pre_acts,
+    use_sparse,
+)
 from saelab.sae.base import SAE, TrainOutput
 from saelab.sae.common import squared_error
 from saelab.sae.registry import register
@@ -92,9 +103,16 @@ class JumpReLUSAE(SAE):
         self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None = None
     ) -> TrainOutput:
         cfg = self.cfg
-        pre = self.pre_acts(x)
-        f = JumpReLUFunction.apply(pre, self.threshold, cfg.bandwidth)
-        x_hat = self.decode(f)
+        if (
+            kernel_options().mode != "dense"
+            and cfg.sparsity_loss == "l0"
+            and not (cfg.pre_act_coefficient > 0 and dead_mask is not None)
+        ):
+            return self._kernel_train_forward(x, sparsity_coefficient)
+        with matmul_autocast(x.device):
+            pre = self.pre_acts(x)
+            f = JumpReLUFunction.apply(pre, self.threshold, cfg.bandwidth)
+            x_hat = self.decode(f)
         terms = {"mse_loss": squared_error(x, x_hat)}
         if cfg.sparsity_loss == "l0":
             l0 = StepFunction.apply(pre, self.threshold, cfg.bandwidth).sum(-1).mean()
@@ -110,6 +128,39 @@ class JumpReLUSAE(SAE):
             gap = (self.threshold - pre).relu() * self.W_dec.norm(dim=1)
             terms["pre_act_loss"] = cfg.pre_act_coefficient * (gap * dead_mask).sum(-1).mean()
         return TrainOutput(sum(terms.values()), terms, f, x_hat)
+
+    def _kernel_train_forward(self, x: Tensor, sparsity_coefficient: float) -> TrainOutput:
+        """The L0 objective via saelab.kernels: π once without a graph, then sparse or dense.
+
+        Only entries with π > θ − ε/2 (active or inside the kernel window) carry any gradient
+        (SPEC §2.4), so the sparse path touches just those; "auto" measures their density.
+        """
+        cfg, theta = self.cfg, self.threshold
+        x2 = x.reshape(-1, x.shape[-1]).to(self.W_dec.dtype)
+        sae_in = self.sae_input(x2)
+        pre = dense_pre_acts(sae_in, self.W_enc, self.b_enc)
+        window = jumprelu_window(pre, theta, cfg.bandwidth)
+        if kernel_options().mode == "sparse" or use_sparse(float(window.float().mean())):
+            pattern = SparsePattern.from_mask(window)
+            z = sparse_pre_acts(sae_in, self.W_enc, self.b_enc, pre, pattern)
+            theta_j = theta[pattern.cols]
+            values = JumpReLUFunction.apply(z, theta_j, cfg.bandwidth)
+            x_hat = sparse_decode(values, self.W_dec, self.b_dec, pattern)
+            l0 = StepFunction.apply(z, theta_j, cfg.bandwidth).sum() / x2.shape[0]
+            f = pattern.scatter_into(pre, values.detach())
+        else:
+            z = dense_pre_acts_with_grad(sae_in, self.W_enc, self.b_enc, pre)
+            f = JumpReLUFunction.apply(z, theta, cfg.bandwidth)
+            with matmul_autocast(x.device):
+                x_hat = self.decode(f)
+            l0 = StepFunction.apply(z, theta, cfg.bandwidth).sum(-1).mean()
+        terms = {
+            "mse_loss": squared_error(x2, x_hat),
+            "sparsity_loss": sparsity_coefficient * l0,
+        }
+        return TrainOutput(
+            sum(terms.values()), terms, f.reshape(*x.shape[:-1], -1), x_hat.reshape(x.shape)
+        )
 
     @torch.no_grad()
     def after_step(self) -> None:

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from saelab.kernels import (
+    SparsePattern,
+    dense_pre_acts,
+    matmul_autocast,
+    sparse_aux_k_loss,
+    sparse_decode,
+    topk_codes,
+    use_sparse,
+)
 from saelab.sae.base import SAE, TrainOutput
 from saelab.sae.common import aux_k_loss, geometric_median, squared_error, topk_mask
 from saelab.sae.registry import register
@@ -48,9 +57,12 @@ class TopKSAE(SAE):
     def train_forward(
         self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None = None
     ) -> TrainOutput:
-        pre = self.pre_acts(x)
-        f = self.train_activation(pre)
-        x_hat = self.decode(f)
+        if use_sparse(self.cfg.k / self.cfg.d_sae):
+            return self._sparse_train_forward(x, dead_mask)
+        with matmul_autocast(x.device):
+            pre = self.pre_acts(x)
+            f = self.train_activation(pre)
+            x_hat = self.decode(f)
         terms = {"mse_loss": squared_error(x, x_hat)}
         if dead_mask is not None and bool(dead_mask.any()):
             aux = aux_k_loss(x, x_hat, pre, self.W_dec, dead_mask, self.k_aux)
@@ -60,3 +72,26 @@ class TopKSAE(SAE):
     def train_activation(self, pre: Tensor) -> Tensor:
         """The activation used in training (per-token TopK here, batch-level in BatchTopK)."""
         return self.activation(pre)
+
+    def sparse_train_codes(self, sae_in: Tensor, pre: Tensor) -> tuple[SparsePattern, Tensor]:
+        """The training activation as (pattern, values) for the sparse kernels."""
+        return topk_codes(sae_in, pre, self.cfg.k, self.W_enc, self.b_enc)
+
+    def _sparse_train_forward(self, x: Tensor, dead_mask: Tensor | None) -> TrainOutput:
+        """Same objective as train_forward via saelab.kernels: only active latents are touched."""
+        x2 = x.reshape(-1, x.shape[-1]).to(self.W_dec.dtype)
+        sae_in = self.sae_input(x2)
+        pre = dense_pre_acts(sae_in, self.W_enc, self.b_enc)
+        pattern, values = self.sparse_train_codes(sae_in, pre)
+        x_hat = sparse_decode(values, self.W_dec, self.b_dec, pattern)
+        terms = {"mse_loss": squared_error(x2, x_hat)}
+        if dead_mask is not None and bool(dead_mask.any()):
+            e = (x2 - x_hat).detach()
+            aux = sparse_aux_k_loss(
+                e, sae_in, pre, dead_mask, self.k_aux, self.W_enc, self.b_enc, self.W_dec
+            )
+            terms["aux_loss"] = self.cfg.aux_coefficient * aux
+        f = pattern.scatter_into(pre, values.detach())
+        return TrainOutput(
+            sum(terms.values()), terms, f.reshape(*x.shape[:-1], -1), x_hat.reshape(x.shape)
+        )

@@ -1,0 +1,85 @@
+"""Encoder pre-activations whose backward touches only a sparse pattern (grad W_enc = xᵀ·g)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from saelab.kernels.options import matmul_autocast
+from saelab.kernels.pattern import SparsePattern
+
+
+@torch.no_grad()
+def dense_pre_acts(sae_in: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
+    """π = sae_in · W_enc + b_enc without a graph (SPEC §2 "Common"), in the matmul dtype."""
+    with matmul_autocast(sae_in.device):
+        return sae_in @ W_enc + b_enc
+
+
+class SparseEncoder(torch.autograd.Function):
+    """π at the pattern's entries, taken from a precomputed dense π.
+
+    Backward with g the gradient at those entries (SPEC §2: π = (x − b_dec) W_enc + b_enc):
+    ∂W_enc = sae_inᵀ·g, ∂b_enc = Σ_tokens g, ∂sae_in = g·W_encᵀ — each over the nnz entries only.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, sae_in: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, pattern: SparsePattern
+    ) -> Tensor:
+        ctx.save_for_backward(sae_in, W_enc)
+        ctx.pattern = pattern
+        return pattern.gather(pre).to(W_enc.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        sae_in, W_enc = ctx.saved_tensors
+        pattern: SparsePattern = ctx.pattern
+        grad = grad.to(W_enc.dtype)
+        grad_in = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_in = pattern.csr(grad) @ W_enc.T
+        if ctx.needs_input_grad[1]:
+            grad_w = (pattern.csr_t(grad) @ sae_in.to(W_enc.dtype)).T
+        if ctx.needs_input_grad[2]:
+            grad_b = torch.zeros(pattern.shape[1], dtype=grad.dtype, device=grad.device)
+            grad_b.index_add_(0, pattern.cols, grad)
+        return grad_in, grad_w, grad_b, None, None
+
+
+def sparse_pre_acts(
+    sae_in: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, pattern: SparsePattern
+) -> Tensor:
+    """π at the pattern (values in row order), differentiable w.r.t. sae_in, W_enc and b_enc."""
+    return SparseEncoder.apply(sae_in, W_enc, b_enc, pre, pattern)
+
+
+class DenseEncoder(torch.autograd.Function):
+    """A precomputed dense π with the dense backward (the fallback when codes are not sparse).
+
+    Backward: ∂sae_in = g·W_encᵀ, ∂W_enc = sae_inᵀ·g, ∂b_enc = Σ_tokens g (SPEC §2 "Common").
+    """
+
+    @staticmethod
+    def forward(ctx, sae_in: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor) -> Tensor:
+        ctx.save_for_backward(sae_in, W_enc)
+        return pre.to(W_enc.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        sae_in, W_enc = ctx.saved_tensors
+        grad = grad.to(W_enc.dtype)
+        with matmul_autocast(grad.device):
+            grad_in = grad @ W_enc.T if ctx.needs_input_grad[0] else None
+            grad_w = sae_in.T @ grad if ctx.needs_input_grad[1] else None
+        grad_b = grad.sum(0) if ctx.needs_input_grad[2] else None
+        return _cast(grad_in, W_enc), _cast(grad_w, W_enc), grad_b, None
+
+
+def _cast(t: Tensor | None, like: Tensor) -> Tensor | None:
+    return None if t is None else t.to(like.dtype)
+
+
+def dense_pre_acts_with_grad(sae_in: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor) -> Tensor:
+    """A precomputed π (from dense_pre_acts) reattached to the graph with the dense backward."""
+    return DenseEncoder.apply(sae_in, W_enc, b_enc, pre)

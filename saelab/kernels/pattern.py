@@ -1,0 +1,88 @@
+"""The non-zero pattern of a (tokens × latents) code matrix, in row (CSR) and column order."""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+# torch marks CSR tensors as beta on every construction; the ops used here are tested.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+
+
+def _offsets(index: Tensor, size: int) -> Tensor:
+    """CSR offsets from a sorted index vector (no host sync: counts via scatter_add)."""
+    counts = torch.zeros(size, dtype=torch.long, device=index.device)
+    counts.scatter_add_(0, index, torch.ones_like(index))
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+class SparsePattern(NamedTuple):
+    """Entries (rows[j], cols[j]) sorted by row then column; perm orders them by column."""
+
+    rows: Tensor
+    cols: Tensor
+    crow: Tensor
+    perm: Tensor
+    ccol: Tensor
+    shape: tuple[int, int]
+
+    @classmethod
+    def from_coo(cls, rows: Tensor, cols: Tensor, shape: tuple[int, int]) -> SparsePattern:
+        """Build from entries already sorted by (row, column)."""
+        perm = torch.argsort(cols, stable=True)
+        return cls(
+            rows, cols, _offsets(rows, shape[0]), perm, _offsets(cols[perm], shape[1]), shape
+        )
+
+    @classmethod
+    def from_topk(cls, indices: Tensor, n: int) -> SparsePattern:
+        """Per-row selections (B, k) of column indices (e.g. TopK)."""
+        cols = indices.sort(dim=-1).values.reshape(-1)
+        b, k = indices.shape
+        rows = torch.arange(b, device=indices.device).repeat_interleave(k)
+        return cls.from_coo(rows, cols, (b, n))
+
+    @classmethod
+    def from_flat(cls, flat: Tensor, shape: tuple[int, int]) -> SparsePattern:
+        """Selections given as flat indices into a (B, n) matrix (e.g. BatchTopK)."""
+        flat = flat.sort().values
+        return cls.from_coo(flat // shape[1], flat % shape[1], shape)
+
+    @classmethod
+    def from_mask(cls, mask: Tensor) -> SparsePattern:
+        """The True entries of a (B, n) mask (JumpReLU); nonzero syncs with the host on GPU."""
+        rows, cols = mask.nonzero(as_tuple=True)
+        return cls.from_coo(rows, cols, tuple(mask.shape))
+
+    @property
+    def nnz(self) -> int:
+        return self.rows.numel()
+
+    def csr(self, values: Tensor) -> Tensor:
+        """The (B, n) sparse CSR matrix with these values (in row order)."""
+        return torch.sparse_csr_tensor(
+            self.crow, self.cols, values, self.shape, check_invariants=False
+        )
+
+    def csr_t(self, values: Tensor) -> Tensor:
+        """The transposed (n, B) sparse CSR matrix with these values (given in row order)."""
+        return torch.sparse_csr_tensor(
+            self.ccol,
+            self.rows[self.perm],
+            values[self.perm],
+            (self.shape[1], self.shape[0]),
+            check_invariants=False,
+        )
+
+    def gather(self, dense: Tensor) -> Tensor:
+        """The pattern's entries of a dense (B, n) matrix, in row order."""
+        return dense.reshape(-1)[self.rows * self.shape[1] + self.cols]
+
+    def scatter_into(self, dense: Tensor, values: Tensor) -> Tensor:
+        """Zero a dense (B, n) buffer in place and write the values at the pattern."""
+        dense.zero_()
+        dense.reshape(-1)[self.rows * self.shape[1] + self.cols] = values.to(dense.dtype)
+        return dense

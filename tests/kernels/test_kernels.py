@@ -1,0 +1,151 @@
+"""saelab.kernels: every sparse kernel equals its dense reference, outputs and gradients."""
+
+import pytest
+import torch
+
+from saelab.kernels import (
+    SparsePattern,
+    dense_pre_acts,
+    dense_pre_acts_with_grad,
+    jumprelu_window,
+    sparse_decode,
+    sparse_pre_acts,
+    use_kernels,
+    use_sparse,
+)
+
+B, D, N = 48, 12, 96
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a − b‖ / ‖b‖ (0 when both vanish)."""
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _weights(seed: int, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, D, generator=g, dtype=dtype)
+    W_enc = torch.randn(D, N, generator=g, dtype=dtype).requires_grad_()
+    b_enc = (0.1 * torch.randn(N, generator=g, dtype=dtype)).requires_grad_()
+    W_dec = torch.randn(N, D, generator=g, dtype=dtype).requires_grad_()
+    b_dec = (0.1 * torch.randn(D, generator=g, dtype=dtype)).requires_grad_()
+    return x, W_enc, b_enc, W_dec, b_dec
+
+
+def _grads(loss, params):
+    return torch.autograd.grad(loss, params)
+
+
+@pytest.mark.parametrize("k", [1, 4, 16, N])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sparse_encoder_and_decoder_match_dense_topk(k, seed):
+    x, W_enc, b_enc, W_dec, b_dec = _weights(seed)
+    params = [W_enc, b_enc, W_dec, b_dec]
+    target = torch.randn(B, D, generator=torch.Generator().manual_seed(seed + 7))
+
+    sae_in = x - b_dec
+    pre = dense_pre_acts(sae_in.detach(), W_enc.detach(), b_enc.detach())
+    idx = pre.relu().topk(k, dim=-1).indices
+    pattern = SparsePattern.from_topk(idx, N)
+    values = sparse_pre_acts(sae_in, W_enc, b_enc, pre, pattern).relu()
+    x_hat = sparse_decode(values, W_dec, b_dec, pattern)
+    loss = (x_hat - target).pow(2).sum()
+    fast = _grads(loss, params)
+
+    ref_pre = (x - b_dec) @ W_enc + b_enc
+    mask = torch.zeros(B, N, dtype=torch.bool).scatter(1, idx, True)
+    f = (ref_pre * mask).relu()
+    ref_x_hat = f @ W_dec + b_dec
+    ref_loss = (ref_x_hat - target).pow(2).sum()
+    dense = _grads(ref_loss, params)
+
+    assert rel(x_hat, ref_x_hat) < 1e-5
+    assert rel(values, pattern.gather(f)) < 1e-5
+    for a, b in zip(fast, dense, strict=True):
+        assert rel(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("density", [0.01, 0.1, 0.5])
+def test_sparse_kernels_match_dense_on_a_mask_pattern(density):
+    x, W_enc, b_enc, W_dec, b_dec = _weights(3)
+    params = [W_enc, b_enc, W_dec, b_dec]
+    g = torch.Generator().manual_seed(4)
+    mask = torch.rand(B, N, generator=g) < density
+    mask[0, 0] = True
+    pattern = SparsePattern.from_mask(mask)
+    weight = torch.randn(pattern.nnz, generator=g)
+
+    sae_in = x - b_dec
+    pre = dense_pre_acts(sae_in.detach(), W_enc.detach(), b_enc.detach())
+    z = sparse_pre_acts(sae_in, W_enc, b_enc, pre, pattern)
+    out = sparse_decode(z * weight, W_dec, b_dec, pattern)
+    fast = _grads(out.pow(2).sum() + (z * weight).sum(), params)
+
+    ref_z = (x - b_dec) @ W_enc + b_enc
+    w_dense = torch.zeros(B, N).index_put((pattern.rows, pattern.cols), weight)
+    ref_out = (ref_z * w_dense) @ W_dec + b_dec
+    dense = _grads(ref_out.pow(2).sum() + (ref_z * w_dense).sum(), params)
+
+    assert rel(out, ref_out) < 1e-5
+    for a, b in zip(fast, dense, strict=True):
+        assert rel(a, b) < 1e-5
+
+
+def test_decoder_without_bias_and_dense_encoder_fallback():
+    x, W_enc, b_enc, W_dec, _ = _weights(5)
+    pre = dense_pre_acts(x, W_enc.detach(), b_enc.detach())
+    z = dense_pre_acts_with_grad(x, W_enc, b_enc, pre)
+    fast = _grads(z.relu().pow(2).sum(), [W_enc, b_enc])
+    dense = _grads((x @ W_enc + b_enc).relu().pow(2).sum(), [W_enc, b_enc])
+    for a, b in zip(fast, dense, strict=True):
+        assert rel(a, b) < 1e-5
+
+    idx = pre.topk(3, dim=-1).indices
+    pattern = SparsePattern.from_topk(idx, N)
+    values = torch.rand(pattern.nnz)
+    dense_f = torch.zeros(B, N).index_put((pattern.rows, pattern.cols), values)
+    assert (
+        rel(sparse_decode(values, W_dec.detach(), None, pattern), dense_f @ W_dec.detach()) < 1e-6
+    )
+
+
+def test_batch_level_pattern_and_transpose_are_consistent():
+    g = torch.Generator().manual_seed(6)
+    flat = torch.randperm(B * N, generator=g)[: B * 3]
+    pattern = SparsePattern.from_flat(flat, (B, N))
+    values = torch.randn(pattern.nnz, generator=g)
+    dense = torch.zeros(B * N, dtype=torch.bool)
+    dense[flat] = True
+    assert torch.equal(dense.view(B, N), pattern.csr(values).to_dense() != 0)
+    assert torch.allclose(pattern.csr_t(values).to_dense(), pattern.csr(values).to_dense().T)
+
+
+def test_bf16_matmul_within_tolerance():
+    x, W_enc, b_enc, _, _ = _weights(7)
+    ref = dense_pre_acts(x, W_enc.detach(), b_enc.detach())
+    with use_kernels(matmul_dtype=torch.bfloat16):
+        low = dense_pre_acts(x, W_enc.detach(), b_enc.detach())
+    assert 0 < rel(low, ref) < 1e-2
+
+
+def test_jumprelu_window_is_exactly_the_gradient_support():
+    g = torch.Generator().manual_seed(8)
+    pre = torch.randn(B, N, generator=g)
+    theta = torch.rand(N, generator=g)
+    eps = 0.3
+    window = jumprelu_window(pre, theta, eps)
+    active = pre > theta
+    in_kernel = ((pre - theta) / eps).abs() < 0.5
+    assert torch.equal(window, active | in_kernel)
+
+
+def test_options_validate_and_choose():
+    with pytest.raises(ValueError, match="kernel mode"), use_kernels(mode="fast"):
+        pass
+    with use_kernels(mode="dense"):
+        assert not use_sparse(0.0)
+    with use_kernels(mode="sparse"):
+        assert use_sparse(1.0)
+    with use_kernels(mode="auto", max_density=0.05):
+        assert use_sparse(0.01) and not use_sparse(0.2)

@@ -1,0 +1,152 @@
+"""Each SAE's training forward gives the same loss and gradients on the sparse and dense paths."""
+
+import pytest
+import torch
+
+import saelab
+from saelab.kernels import use_kernels
+
+D, N, B = 16, 256, 64
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _sae(arch: str, seed: int, **options):
+    torch.manual_seed(seed)
+    sae = saelab.create_sae(arch, D, N, **options)
+    sae.reset_parameters()
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.05)
+        sae.b_dec.normal_(0, 0.05)
+    return sae
+
+
+def _loss_and_grads(sae, x, lam, dead, mode, matmul_dtype=None):
+    sae.zero_grad(set_to_none=True)
+    with use_kernels(mode=mode, matmul_dtype=matmul_dtype):
+        out = sae.train_forward(x, lam, dead)
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None}
+    return out, grads
+
+
+def _compare(sae, x, lam=0.3, dead=None, tol=1e-5, matmul_dtype=None):
+    fast, g_fast = _loss_and_grads(sae, x, lam, dead, "sparse", matmul_dtype)
+    ref, g_ref = _loss_and_grads(sae, x, lam, dead, "dense", matmul_dtype)
+    assert set(fast.terms) == set(ref.terms)
+    for name in ref.terms:
+        assert rel(fast.terms[name], ref.terms[name]) < tol, name
+    assert rel(fast.x_hat, ref.x_hat) < tol
+    assert rel(fast.feature_acts, ref.feature_acts.detach()) < tol
+    assert set(g_fast) == set(g_ref)
+    for name, g in g_ref.items():
+        assert rel(g_fast[name], g) < tol, name
+
+
+@pytest.mark.parametrize("k", [1, 8, 32])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_topk_sparse_equals_dense(arch, k):
+    sae = _sae(arch, 0, k=k)
+    x = torch.randn(B, D)
+    _compare(sae, x)
+
+
+def test_topk_aux_loss_sparse_equals_dense():
+    sae = _sae("topk", 1, k=8)
+    x = torch.randn(B, D)
+    dead = torch.zeros(N, dtype=torch.bool)
+    dead[::3] = True
+    _compare(sae, x, dead=dead)
+
+
+def test_topk_leading_dims_kept():
+    sae = _sae("topk", 2, k=4)
+    x = torch.randn(4, 16, D)
+    with use_kernels(mode="sparse"):
+        out = sae.train_forward(x, 0.0)
+    assert out.x_hat.shape == x.shape and out.feature_acts.shape == (4, 16, N)
+
+
+@pytest.mark.parametrize("theta", [0.05, 0.2, 0.6])
+@pytest.mark.parametrize("eps", [0.001, 0.1])
+def test_jumprelu_sparse_equals_dense_across_l0(theta, eps):
+    sae = _sae("jumprelu", 3, bandwidth=eps)
+    with torch.no_grad():
+        sae.threshold.fill_(theta)
+    x = torch.randn(B, D)
+    _compare(sae, x)
+
+
+def test_jumprelu_window_entries_train_the_threshold():
+    sae = _sae("jumprelu", 4, bandwidth=0.5)
+    x = torch.randn(B, D)
+    with torch.no_grad():
+        sae.threshold.fill_(0.3)
+    _compare(sae, x, lam=2.0)
+    assert sae.threshold.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", ["topk", "jumprelu"])
+def test_bf16_matmul_path_within_tolerance(arch):
+    """Sparse kernels with a bf16 encoder matmul vs the dense path under the same autocast."""
+    sae = _sae(arch, 5, **({"k": 8} if arch == "topk" else {"bandwidth": 0.1}))
+    if arch == "jumprelu":
+        with torch.no_grad():
+            sae.threshold.fill_(0.3)
+    x = torch.randn(B, D)
+    _compare(sae, x, tol=1e-2, matmul_dtype=torch.bfloat16)
+    assert sae.W_enc.dtype == torch.float32
+
+
+def test_auto_mode_defaults():
+    sae = _sae("topk", 6, k=4)
+    x = torch.randn(B, D)
+    auto, _ = _loss_and_grads(sae, x, 0.0, None, "auto")
+    sparse, _ = _loss_and_grads(sae, x, 0.0, None, "sparse")
+    assert torch.equal(auto.loss, sparse.loss)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls: one thread avoids thread hand-off overhead dominating the step."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _final_loss(arch: str, mode: str, lam: float, **options) -> float:
+    """Mean loss over the last 100 of 2,000 Adam steps on synthetic sparse data."""
+    g = torch.Generator().manual_seed(0)
+    dictionary = torch.nn.functional.normalize(torch.randn(512, D, generator=g), dim=1)
+    codes = torch.rand(8192, 512, generator=g) * (torch.rand(8192, 512, generator=g) < 0.01)
+    data = codes @ dictionary
+    data /= data.pow(2).sum(-1).mean().sqrt()
+    sae = _sae(arch, 7, **options)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    losses = []
+    with use_kernels(mode=mode):
+        for _ in range(2000):
+            x = data[torch.randint(0, data.shape[0], (B,), generator=g)]
+            out = sae.train_forward(x, lam)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            sae.remove_parallel_gradient()
+            opt.step()
+            sae.after_step()
+            losses.append(out.loss.detach())
+    return float(torch.stack(losses[-100:]).mean())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "arch,lam,options",
+    [("topk", 0.0, {"k": 4}), ("jumprelu", 1e-3, {"bandwidth": 0.05, "init_threshold": 0.05})],
+)
+def test_2000_step_run_matches_dense(arch, lam, options, one_thread):
+    fast = _final_loss(arch, "sparse", lam, **options)
+    dense = _final_loss(arch, "dense", lam, **options)
+    assert abs(fast - dense) <= 0.01 * abs(dense)
