@@ -20,10 +20,16 @@ from rich.text import Text
 
 
 class _TokenRateColumn(ProgressColumn):
-    """Tokens per second, from rich's moving-window speed estimate."""
+    """Tokens per second: rich's moving-window estimate, else the mean since the start.
+
+    The window (30 s) holds too few updates when each batch takes long (e.g. a large LM on CPU).
+    """
 
     def render(self, task: Task) -> Text:
-        return Text(f"{task.speed or 0:,.0f} tok/s", style="progress.data.speed")
+        speed = task.finished_speed or task.speed
+        if speed is None:
+            speed = task.completed / task.elapsed if task.elapsed else 0.0
+        return Text(f"{speed:,.0f} tok/s", style="progress.data.speed")
 
 
 @contextmanager

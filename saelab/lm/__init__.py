@@ -2,6 +2,7 @@
 
 from saelab.lm.cache_dir import user_cache_dir
 from saelab.lm.hooks import HOOK_KINDS, HookNotFoundError, UnsupportedModelError
+from saelab.lm.intervene import record_activations, replace_activation
 from saelab.lm.loading import ModelNotFoundError, load_model
 from saelab.lm.model import LanguageModel
 
@@ -12,5 +13,7 @@ __all__ = [
     "ModelNotFoundError",
     "UnsupportedModelError",
     "load_model",
+    "record_activations",
+    "replace_activation",
     "user_cache_dir",
 ]

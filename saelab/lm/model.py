@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 import torch
 from torch import nn
 
 from saelab.lm.hooks import HookPoint, hook_names, resolve_hook
+from saelab.lm.intervene import ActivationFn, replace_activation
 
 
 class _StopForward(Exception):
@@ -73,6 +75,10 @@ class LanguageModel:
             for handle in handles:
                 handle.remove()
         return {name: captured[name] for name in names}
+
+    def replace_activation(self, hook: str, fn: ActivationFn) -> AbstractContextManager[None]:
+        """Context manager: forwards inside it use fn(activation) at `hook` (steering, splicing)."""
+        return replace_activation(self.model, hook, fn)
 
     @staticmethod
     def _register(

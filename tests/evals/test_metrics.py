@@ -83,3 +83,28 @@ def test_mmcs_of_the_true_dictionary_is_one_and_random_is_low():
     assert mmcs(toy.features, torch.randn(512, 64)) < 0.6
     shuffled = toy.features[torch.randperm(256)] * 3.0
     assert mmcs(toy.features, shuffled) == pytest.approx(1.0)
+
+
+def test_gemma_scope_npz_metrics_equal_numpy(tmp_path):
+    """evaluate() on a loaded params.npz equals numpy metrics of its JumpReLU encode/decode."""
+    rng = np.random.default_rng(1)
+    d, m = 16, 40
+    params = {
+        "W_enc": rng.normal(size=(d, m)).astype(np.float32) / 4,
+        "W_dec": rng.normal(size=(m, d)).astype(np.float32) / 4,
+        "b_enc": rng.normal(size=m).astype(np.float32) / 4,
+        "b_dec": rng.normal(size=d).astype(np.float32),
+        "threshold": rng.uniform(0.1, 1.0, size=m).astype(np.float32),
+    }
+    params["threshold"][:4] = 100.0  # dead latents
+    np.savez(tmp_path / "params.npz", **params)
+    sae = saelab.load_sae(tmp_path / "params.npz")
+    x = (rng.normal(size=(300, d)) + 1.0).astype(np.float32)
+    pre = x.astype(np.float64) @ params["W_enc"] + params["b_enc"]
+    f = pre * (pre > params["threshold"])
+    x_hat = f @ params["W_dec"] + params["b_dec"]
+    got = saelab.evaluate(sae, torch.from_numpy(x), batch_size=64)
+    want = numpy_metrics(x.astype(np.float64), f, x_hat)
+    assert 0 < want["dead_fraction"] < 1 and want["l0"] > 1
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key

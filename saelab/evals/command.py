@@ -1,0 +1,127 @@
+"""The body of `saelab eval`: load SAE, model and held-out tokens; evaluate; write the files."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from saelab.data.corpora import load_corpus
+from saelab.data.progress import token_progress
+from saelab.evals.density import (
+    DENSITY_PLOT_FILE,
+    LATENT_STATS_FILE,
+    density_histogram,
+    plot_density,
+    save_latent_stats,
+)
+from saelab.evals.report import build_report, write_report
+from saelab.evals.spliced import SplicedEvaluator
+from saelab.evals.tokens import heldout_batches
+from saelab.formats.load import load_sae
+from saelab.lm.hooks import resolve_hook
+from saelab.lm.loading import load_model
+from saelab.sae import SAE
+
+EVAL_FILE = "eval.json"
+DEFAULT_CONTEXT_SIZE = 128
+
+
+def default_output(path: Path) -> Path:
+    """eval.json inside the SAE/run directory, or beside an SAE file (e.g. params.npz)."""
+    return (path.parent if path.is_file() else path) / EVAL_FILE
+
+
+def resolve_provenance(
+    sae: SAE, path: Path, model: str | None, hook: str | None
+) -> tuple[str, str]:
+    """(model, hook): the flags, else the SAE's recorded model_name / hook_name."""
+    model = model or sae.cfg.model_name
+    hook = hook or sae.cfg.hook_name
+    missing = [
+        f"--{flag} (the SAE config records no {field})"
+        for flag, field, value in (("model", "model_name", model), ("hook", "hook_name", hook))
+        if not value
+    ]
+    if missing:
+        raise ValueError(f"Cannot evaluate {path}: pass {' and '.join(missing)}.")
+    return model, hook
+
+
+def run_eval_command(
+    *,
+    path: Path,
+    model: str | None,
+    hook: str | None,
+    corpus: str,
+    tokens: int,
+    batch_size: int,
+    context_size: int | None,
+    device: str | None,
+    dtype: str,
+    seed: int,
+    out: Path | None,
+) -> tuple[dict[str, Any], Path]:
+    """Evaluate an SAE (SPEC §3); write eval.json, latent stats and density plot beside it.
+
+    Returns (the eval.json document, its path).
+    """
+    start = time.perf_counter()
+    sae = load_sae(path)
+    model_name, hook_name = resolve_provenance(sae, path, model, hook)
+    source = load_corpus(corpus)
+    lm = load_model(model_name, device=device, dtype=dtype)
+    resolve_hook(lm.model, hook_name)
+    sae.to(lm.device)
+    context_size = context_size or sae.cfg.context_size or DEFAULT_CONTEXT_SIZE
+    evaluator = SplicedEvaluator(sae, lm, hook_name)
+    batches = heldout_batches(
+        source, lm.tokenizer, tokens, context_size=context_size, batch_size=batch_size, seed=seed
+    )
+    done = 0
+    with token_progress("evaluating", tokens) as on_progress:
+        for batch in batches:
+            done += evaluator.update(batch)
+            on_progress(done, max(tokens, done))
+    metrics = evaluator.result()
+
+    out = out or default_output(path)
+    folder = out.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    n_tokens = int(metrics["n_tokens"])
+    freq = evaluator.tensor.firing_frequency()
+    save_latent_stats(
+        folder / LATENT_STATS_FILE, freq, evaluator.tensor.mean_activation(), n_tokens
+    )
+    histogram = density_histogram(freq, n_tokens)
+    plot_density(
+        folder / DENSITY_PLOT_FILE,
+        histogram,
+        f"{sae.cfg.architecture} d_sae={sae.cfg.d_sae} · {model_name} {hook_name} · "
+        f"{n_tokens:,} tokens",
+    )
+    report = build_report(
+        metrics=metrics,
+        eval_config={
+            "model": model_name,
+            "hook": hook_name,
+            "corpus": source.spec,
+            "split": "heldout",
+            "tokens": tokens,
+            "context_size": context_size,
+            "batch_size": batch_size,
+            "seed": seed,
+            "device": str(lm.device),
+            "dtype": str(lm.dtype).removeprefix("torch."),
+        },
+        sae={
+            "path": str(path.resolve()),
+            "architecture": sae.cfg.architecture,
+            "d_in": sae.cfg.d_in,
+            "d_sae": sae.cfg.d_sae,
+        },
+        feature_density=histogram,
+        files={"latent_stats": LATENT_STATS_FILE, "feature_density_plot": DENSITY_PLOT_FILE},
+        eval_time_s=time.perf_counter() - start,
+    )
+    return report, write_report(out, report)
