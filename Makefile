@@ -23,7 +23,7 @@ demo: $(VENV)/.installed
 	$(BIN)/saelab demo
 
 test: $(VENV)/.installed-dev
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --durations=25 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check saelab tests benchmarks
