@@ -95,6 +95,7 @@ REAL_DEMO = {
 def run_demo(out: str | Path = "demo_out", seed: int = 0) -> dict[str, Any]:
     """Cache activations, train a JumpReLU SAE, evaluate it and print where everything is."""
     from saelab.data import write_cache
+    from saelab.data.progress import token_progress
     from saelab.evals.command import run_eval_command
     from saelab.lm import load_model
     from saelab.train.pipeline import run_training
@@ -111,15 +112,17 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0) -> dict[str, Any]:
     )
     lm = load_model(d["model"])
     cache_dir = out / "cache"
-    write_cache(
-        lm,
-        d["hook"],
-        d["corpus"],
-        cache_dir,
-        d["train_tokens"],
-        context_size=d["context_size"],
-        seed=seed,
-    )
+    with token_progress("caching", d["train_tokens"]) as on_progress:
+        write_cache(
+            lm,
+            d["hook"],
+            d["corpus"],
+            cache_dir,
+            d["train_tokens"],
+            context_size=d["context_size"],
+            seed=seed,
+            on_progress=on_progress,
+        )
     console.print(
         f"cached {d['train_tokens']:,} activations in {time.perf_counter() - start:.0f} s"
     )
