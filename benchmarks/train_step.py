@@ -13,6 +13,7 @@ see benchmarks/RESULTS.md for the commands.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import contextlib
 import importlib.util
@@ -87,16 +88,18 @@ def make_init(s: Setup, x: Tensor) -> dict[str, Tensor]:
 
 
 # ---- one adapter per library: build from the shared init, native training step, eval ---------
-class Adapter:
+class Adapter(abc.ABC):
     """A library's SAE plus its native training step and a reconstruction MSE."""
 
     name: str
 
+    @abc.abstractmethod
     def step(self, x: Tensor) -> float | Tensor:
-        raise NotImplementedError
+        """One native training step on x; returns the loss."""
 
+    @abc.abstractmethod
     def reconstruct(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The SAE's reconstruction of x."""
 
     @torch.no_grad()
     def mse(self, x: Tensor) -> float:
