@@ -179,6 +179,29 @@ from saelab.train.cli_train import train_command  # noqa: E402
 
 app.command("train")(train_command)
 
+from saelab.evals.cli_sweep import sweep_command  # noqa: E402
+
+app.command("sweep")(sweep_command)
+
+from saelab.interventions import cli as interventions_cli  # noqa: E402
+
+app.command("steer")(interventions_cli.steer_command)
+app.command("ablate")(interventions_cli.ablate_command)
+app.command("prompt")(interventions_cli.prompt_command)
+app.command("contrast")(interventions_cli.contrast_command)
+
+from saelab.analysis.cli import analyze_command, neuronpedia_command  # noqa: E402
+from saelab.explorer.cli import dashboard_command, serve_command  # noqa: E402
+
+app.command("analyze")(analyze_command)
+app.command("neuronpedia")(neuronpedia_command)
+app.command("dashboard")(dashboard_command)
+app.command("serve")(serve_command)
+
+from saelab.autointerp.cli import explain_command  # noqa: E402
+
+app.command("explain")(explain_command)
+
 
 if __name__ == "__main__":
     app()

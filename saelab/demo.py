@@ -84,6 +84,7 @@ REAL_DEMO = {
     "corpus": "python-stdlib",
     "train_tokens": 120_000,
     "eval_tokens": 8_192,
+    "analyze_tokens": 8_192,
     "width": 4096,
     "batch_size": 512,
     "lr": 2e-3,
@@ -141,6 +142,7 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0) -> dict[str, Any]:
         dtype="float32", seed=seed, out=None,
     )  # fmt: skip
     m = {k: v for group in report["metrics"].values() for k, v in group.items()}
+    dashboard = _analyze_and_dashboard(member.directory, d, out / "dashboard")
     table = Table(title=f"saelab demo finished in {time.perf_counter() - start:.0f} s")
     table.add_column("metric")
     table.add_column("value")
@@ -157,5 +159,23 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0) -> dict[str, Any]:
     table.add_row("SAE", str(member.directory / "sae"))
     table.add_row("run directory", str(member.directory))
     table.add_row("eval.json", str(eval_path))
+    table.add_row("features.sqlite", str(member.directory / "features.sqlite"))
+    table.add_row("dashboard", dashboard.resolve().as_uri())
     Console().print(table)
     return m
+
+
+def _analyze_and_dashboard(run: Path, d: dict[str, Any], site: Path) -> Path:
+    """Analyse the demo SAE's latents on held-out text and build the static dashboard."""
+    from saelab.analysis.command import run_analyze_command
+    from saelab.analysis.database import FeatureDB
+    from saelab.explorer.static_site import build_dashboard
+
+    summary = run_analyze_command(
+        path=run, tokens=d["analyze_tokens"], model=d["model"], hook=d["hook"],
+        corpus=d["corpus"], context_size=d["context_size"],
+    )  # fmt: skip
+    with FeatureDB(summary["database"]) as db:
+        index = build_dashboard(db, site)
+    Console(stderr=True).print(f"dashboard: {index.resolve()} (or: saelab serve {run})")
+    return index

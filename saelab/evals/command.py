@@ -15,6 +15,7 @@ from saelab.evals.density import (
     plot_density,
     save_latent_stats,
 )
+from saelab.evals.metrics import MetricsAccumulator
 from saelab.evals.report import build_report, write_report
 from saelab.evals.spliced import SplicedEvaluator
 from saelab.evals.tokens import heldout_batches
@@ -84,44 +85,67 @@ def run_eval_command(
             done += evaluator.update(batch)
             on_progress(done, max(tokens, done))
     metrics = evaluator.result()
+    eval_config = {
+        "model": model_name,
+        "hook": hook_name,
+        "corpus": source.spec,
+        "split": "heldout",
+        "tokens": tokens,
+        "context_size": context_size,
+        "batch_size": batch_size,
+        "seed": seed,
+        "device": str(lm.device),
+        "dtype": str(lm.dtype).removeprefix("torch."),
+    }
+    return save_eval(
+        out or default_output(path),
+        metrics=metrics,
+        tensor=evaluator.tensor,
+        sae=sae,
+        sae_path=path,
+        eval_config=eval_config,
+        started=start,
+    )
 
-    out = out or default_output(path)
+
+def save_eval(
+    out: Path,
+    *,
+    metrics: dict[str, float],
+    tensor: MetricsAccumulator,
+    sae: SAE,
+    sae_path: Path,
+    eval_config: dict[str, Any],
+    started: float,
+) -> tuple[dict[str, Any], Path]:
+    """Write eval.json at `out` and the latent stats + density plot beside it.
+
+    `tensor` is the SAE's accumulator (per-latent statistics); `started` the perf_counter()
+    value at which the evaluation began. Returns (the eval.json document, its path).
+    """
     folder = out.parent
     folder.mkdir(parents=True, exist_ok=True)
     n_tokens = int(metrics["n_tokens"])
-    freq = evaluator.tensor.firing_frequency()
-    save_latent_stats(
-        folder / LATENT_STATS_FILE, freq, evaluator.tensor.mean_activation(), n_tokens
-    )
+    freq = tensor.firing_frequency()
+    save_latent_stats(folder / LATENT_STATS_FILE, freq, tensor.mean_activation(), n_tokens)
     histogram = density_histogram(freq, n_tokens)
     plot_density(
         folder / DENSITY_PLOT_FILE,
         histogram,
-        f"{sae.cfg.architecture} d_sae={sae.cfg.d_sae} · {model_name} {hook_name} · "
-        f"{n_tokens:,} tokens",
+        f"{sae.cfg.architecture} d_sae={sae.cfg.d_sae} · {eval_config['model']} "
+        f"{eval_config['hook']} · {n_tokens:,} tokens",
     )
     report = build_report(
         metrics=metrics,
-        eval_config={
-            "model": model_name,
-            "hook": hook_name,
-            "corpus": source.spec,
-            "split": "heldout",
-            "tokens": tokens,
-            "context_size": context_size,
-            "batch_size": batch_size,
-            "seed": seed,
-            "device": str(lm.device),
-            "dtype": str(lm.dtype).removeprefix("torch."),
-        },
+        eval_config=eval_config,
         sae={
-            "path": str(path.resolve()),
+            "path": str(sae_path.resolve()),
             "architecture": sae.cfg.architecture,
             "d_in": sae.cfg.d_in,
             "d_sae": sae.cfg.d_sae,
         },
         feature_density=histogram,
         files={"latent_stats": LATENT_STATS_FILE, "feature_density_plot": DENSITY_PLOT_FILE},
-        eval_time_s=time.perf_counter() - start,
+        eval_time_s=time.perf_counter() - started,
     )
     return report, write_report(out, report)

@@ -1,4 +1,4 @@
-"""Spliced-LM evaluation (SPEC §3): next-token CE clean, with the SAE spliced in, zero-ablated.
+"""Spliced-LM evaluation (SPEC §3): next-token CE clean, with each SAE spliced in, zero-ablated.
 
 Positions (one rule for every metric):
 - SAE positions are the tokens that are not BOS/EOS/pad (`saelab.data.sae_token_mask`). Only
@@ -15,7 +15,7 @@ float32 log-softmax. Token batches are packed contexts without padding (as Conte
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -49,27 +49,67 @@ def _log_probs(lm: LanguageModel, hidden: Tensor) -> Tensor:
     return logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))
 
 
-class SplicedEvaluator:
-    """Streams token batches and accumulates the SPEC §3 tensor and spliced-LM metrics.
+class MultiSplicedEvaluator:
+    """Streams token batches and accumulates the SPEC §3 metrics of several SAEs at one hook.
 
-    update() one (batch, seq) LongTensor at a time; result() gives the metrics so far. Memory is
-    bounded by one batch: logits are computed for LOGIT_CHUNK_ELEMENTS at a time and dropped.
+    The SAEs share the clean and zero-ablation runs (and the layers before the hook,
+    `SharedPrefix`); only the run with x̂ spliced in is per SAE. update() one (batch, seq)
+    LongTensor at a time; results() gives each SAE's metrics so far. Memory is bounded by one
+    batch: logits are computed for LOGIT_CHUNK_ELEMENTS rows×vocab at a time and dropped.
+    With isolate_failures, an SAE whose evaluation raises is recorded in `failed` (index →
+    message) and skipped from then on, so the others' results survive.
     """
 
     def __init__(
-        self, sae: SAE, lm: LanguageModel, hook: str, special_ids: list[int] | None = None
+        self,
+        saes: Sequence[SAE],
+        lm: LanguageModel,
+        hook: str,
+        special_ids: list[int] | None = None,
+        *,
+        isolate_failures: bool = False,
     ) -> None:
-        self.sae = sae
+        if not saes:
+            raise ValueError("MultiSplicedEvaluator needs at least one SAE")
+        self.saes = list(saes)
         self.lm = lm
         self.hook = hook
         self.special_ids = special_token_ids(lm.tokenizer) if special_ids is None else special_ids
         self.pad_id = lm.tokenizer.pad_token_id
-        self.tensor = MetricsAccumulator(sae.cfg.d_sae)
-        self.sums = dict.fromkeys(("ce_clean", "ce_sae", "ce_zero", "kl"), 0.0)
+        self.isolate_failures = isolate_failures
+        self.failed: dict[int, str] = {}
+        self.tensors = [MetricsAccumulator(sae.cfg.d_sae) for sae in self.saes]
+        self.shared_sums = {"ce_clean": 0.0, "ce_zero": 0.0}
+        self.sae_sums = [{"ce_sae": 0.0, "kl": 0.0} for _ in self.saes]
         self.n_predictions = 0
         self._prefix = SharedPrefix(lm.model, hook)
         vocab = lm.model.get_output_embeddings().weight.shape[0]
         self._chunk_rows = max(1, LOGIT_CHUNK_ELEMENTS // vocab)
+
+    def active(self) -> list[int]:
+        """Indices of the SAEs still being evaluated (not failed)."""
+        return [i for i in range(len(self.saes)) if i not in self.failed]
+
+    def _fail(self, index: int, error: Exception) -> None:
+        """Record a failed SAE, or re-raise when failures are not isolated."""
+        if not self.isolate_failures:
+            raise error
+        self.failed[index] = f"{type(error).__name__}: {error}"
+
+    def _splice(self, index: int, x: Tensor, mask: Tensor) -> Tensor:
+        """Final hidden states with SAE `index`'s x̂ at the hook; updates its tensor metrics."""
+        sae = self.saes[index]
+        if x.shape[-1] != sae.cfg.d_in:
+            raise ValueError(
+                f"SAE d_in={sae.cfg.d_in} does not match the width {x.shape[-1]} of hook "
+                f"{self.hook!r} on model {self.lm.name!r}."
+            )
+        x_in = x[mask].to(sae.device)
+        f = sae.encode(x_in)
+        x_hat = sae.decode(f)
+        self.tensors[index].update(x_in, f, x_hat)  # SPEC §3 tensor metrics, BOS/EOS/pad excluded
+        x_hat = x_hat.to(x.device)
+        return self._prefix.replaced(lambda a: _spliced(a, mask, x_hat))
 
     @torch.inference_mode()
     def update(self, input_ids: Tensor) -> int:
@@ -77,50 +117,58 @@ class SplicedEvaluator:
         ids = input_ids.to(self.lm.device)
         mask = sae_token_mask(ids, self.special_ids)
         x, clean = self._prefix.clean(ids)
-        if x.shape[-1] != self.sae.cfg.d_in:
-            raise ValueError(
-                f"SAE d_in={self.sae.cfg.d_in} does not match the width {x.shape[-1]} of hook "
-                f"{self.hook!r} on model {self.lm.name!r}."
-            )
-        x_in = x[mask].to(self.sae.device)
-        f = self.sae.encode(x_in)
-        x_hat = self.sae.decode(f)
-        self.tensor.update(x_in, f, x_hat)  # SPEC §3 tensor metrics, BOS/EOS/pad excluded
-        x_hat = x_hat.to(x.device)
-        with_sae = self._prefix.replaced(lambda a: _spliced(a, mask, x_hat))
-        zeroed = self._prefix.replaced(lambda a: _spliced(a, mask, torch.zeros_like(x_hat)))
+        spliced: dict[int, Tensor] = {}
+        for i in self.active():
+            try:
+                spliced[i] = self._splice(i, x, mask)
+            except Exception as error:  # isolated per SAE when asked, else re-raised
+                self._fail(i, error)
+        zero_values = torch.zeros((int(mask.sum()), x.shape[-1]), dtype=x.dtype, device=x.device)
+        zeroed = self._prefix.replaced(lambda a: _spliced(a, mask, zero_values))
         predicted = mask[:, :-1]
         if self.pad_id is not None:
             predicted = predicted & (ids[:, 1:] != self.pad_id)
         targets = ids[:, 1:][predicted]
-        rows = [h[:, :-1][predicted] for h in (clean, with_sae, zeroed)]
+        rows = {key: h[:, :-1][predicted] for key, h in (("clean", clean), ("zero", zeroed))}
+        spliced_rows = {i: h[:, :-1][predicted] for i, h in spliced.items()}
         for start in range(0, len(targets), self._chunk_rows):
             chunk = slice(start, start + self._chunk_rows)
-            self._score(*(r[chunk] for r in rows), targets[chunk])
+            self._score(
+                rows["clean"][chunk],
+                rows["zero"][chunk],
+                {i: r[chunk] for i, r in spliced_rows.items()},
+                targets[chunk],
+            )
         self.n_predictions += len(targets)
-        return len(x_in)
+        return int(mask.sum())
 
-    def _score(self, clean: Tensor, with_sae: Tensor, zeroed: Tensor, targets: Tensor) -> None:
+    def _score(
+        self, clean: Tensor, zeroed: Tensor, spliced: dict[int, Tensor], targets: Tensor
+    ) -> None:
         """Add the CE and KL sums of one chunk of predictions (SPEC §3), in place where possible."""
         index = targets[:, None]
+        self.shared_sums["ce_zero"] -= _total(_log_probs(self.lm, zeroed).gather(1, index))
         lp_clean = _log_probs(self.lm, clean)
-        lp_sae = _log_probs(self.lm, with_sae)
-        self.sums["ce_clean"] -= _total(lp_clean.gather(1, index))
-        self.sums["ce_sae"] -= _total(lp_sae.gather(1, index))
-        # KL(p_clean ‖ p_sae) = Σ_v p_clean · (log p_clean − log p_sae), per position
-        log_ratio = torch.sub(lp_clean, lp_sae, out=lp_sae)
-        self.sums["kl"] += _total(torch.linalg.vecdot(lp_clean.exp_(), log_ratio))
-        del lp_clean, lp_sae, log_ratio
-        self.sums["ce_zero"] -= _total(_log_probs(self.lm, zeroed).gather(1, index))
+        self.shared_sums["ce_clean"] -= _total(lp_clean.gather(1, index))
+        p_clean = lp_clean.exp()
+        for i, hidden in spliced.items():
+            lp_sae = _log_probs(self.lm, hidden)
+            self.sae_sums[i]["ce_sae"] -= _total(lp_sae.gather(1, index))
+            # KL(p_clean ‖ p_sae) = Σ_v p_clean · (log p_clean − log p_sae), per position
+            log_ratio = torch.sub(lp_clean, lp_sae, out=lp_sae)
+            self.sae_sums[i]["kl"] += _total(torch.linalg.vecdot(p_clean, log_ratio))
+            del lp_sae, log_ratio
 
-    def model_behavior(self) -> dict[str, float]:
-        """CE clean/SAE/zero, delta LM loss, CE loss recovered and KL (SPEC §3)."""
+    def model_behavior(self, index: int) -> dict[str, float]:
+        """CE clean/SAE/zero, delta LM loss, CE loss recovered and KL of SAE `index` (SPEC §3)."""
         if self.n_predictions == 0:
             raise ValueError(
                 "no next-token predictions were evaluated (empty or all-special tokens)"
             )
         n = self.n_predictions
-        ce_clean, ce_sae, ce_zero = (self.sums[k] / n for k in ("ce_clean", "ce_sae", "ce_zero"))
+        ce_clean = self.shared_sums["ce_clean"] / n
+        ce_zero = self.shared_sums["ce_zero"] / n
+        ce_sae = self.sae_sums[index]["ce_sae"] / n
         denominator = ce_zero - ce_clean
         return {
             "ce_clean": ce_clean,
@@ -128,16 +176,37 @@ class SplicedEvaluator:
             "ce_zero": ce_zero,
             "delta_lm_loss": ce_sae - ce_clean,
             "ce_loss_recovered": (ce_zero - ce_sae) / denominator if denominator else math.nan,
-            "kl": self.sums["kl"] / n,
+            "kl": self.sae_sums[index]["kl"] / n,
         }
 
-    def result(self) -> dict[str, float]:
+    def result(self, index: int) -> dict[str, float]:
         """Tensor metrics (saelab.evaluate keys) + model-behaviour metrics + n_predictions."""
+        if index in self.failed:
+            raise ValueError(f"SAE {index} failed: {self.failed[index]}")
         return {
-            **self.tensor.result(),
-            **self.model_behavior(),
+            **self.tensors[index].result(),
+            **self.model_behavior(index),
             "n_predictions": self.n_predictions,
         }
+
+    def results(self) -> list[dict[str, float]]:
+        """result(i) of every SAE, in order (raises for a failed SAE)."""
+        return [self.result(i) for i in range(len(self.saes))]
+
+
+class SplicedEvaluator(MultiSplicedEvaluator):
+    """The single-SAE case of MultiSplicedEvaluator (same passes, same numbers)."""
+
+    def __init__(
+        self, sae: SAE, lm: LanguageModel, hook: str, special_ids: list[int] | None = None
+    ) -> None:
+        super().__init__([sae], lm, hook, special_ids)
+        self.sae = sae
+        self.tensor = self.tensors[0]
+
+    def result(self, index: int = 0) -> dict[str, float]:
+        """Tensor metrics + model-behaviour metrics + n_predictions of the SAE."""
+        return super().result(index)
 
 
 def evaluate_spliced(

@@ -26,8 +26,24 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu", dtype: str | 
         return load_gemma_scope(p / "params.npz", device, dtype)
     if not p.exists():
         raise SAEFileError(p, "no such file or directory")
+    members = sweep_members(p) if p.is_dir() else []
+    if members:
+        raise SAEFileError(
+            p,
+            f"a sweep directory holding {len(members)} SAEs, not one; load one of its members: "
+            + ", ".join(str(m) for m in members),
+        )
     raise SAEFileError(
         p,
         f"not an SAE: expected a directory with {CFG_FILE} + sae_weights.safetensors, "
         "a run directory with sae/, or a Gemma Scope params.npz",
+    )
+
+
+def sweep_members(path: Path) -> list[Path]:
+    """The subfolders of `path` that hold an SAE (cfg.json or sae/cfg.json), sorted by name."""
+    return sorted(
+        d
+        for d in path.iterdir()
+        if d.is_dir() and ((d / CFG_FILE).is_file() or (d / "sae" / CFG_FILE).is_file())
     )

@@ -21,11 +21,12 @@ from saelab.kernels.options import (
     use_kernels,
     use_sparse,
 )
-from saelab.kernels.pattern import SparsePattern
+from saelab.kernels.pattern import SparseCodes, SparsePattern
 
 __all__ = [
     "DenseEncoder",
     "KernelOptions",
+    "SparseCodes",
     "SparseDecoder",
     "SparseEncoder",
     "SparsePattern",

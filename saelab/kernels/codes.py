@@ -10,7 +10,7 @@ from saelab.kernels.pattern import SparsePattern
 
 
 def topk_codes(
-    sae_in: Tensor, pre: Tensor, k: int, W_enc: Tensor, b_enc: Tensor
+    sae_in: Tensor, pre: Tensor, k: int, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None = None
 ) -> tuple[SparsePattern, Tensor]:
     """TopK_k(ReLU(π)) per token as (pattern, values) (SPEC §2.2).
 
@@ -19,23 +19,26 @@ def topk_codes(
     """
     idx = pre.topk(k, dim=-1, sorted=False).indices
     pattern = SparsePattern.from_topk(idx, pre.shape[-1])
-    return pattern, sparse_pre_acts(sae_in, W_enc, b_enc, pre, pattern).relu()
+    return pattern, sparse_pre_acts(sae_in, W_enc, b_enc, pre, pattern, b_dec).relu()
 
 
 def batch_topk_codes(
-    sae_in: Tensor, pre: Tensor, k: int, W_enc: Tensor, b_enc: Tensor
+    sae_in: Tensor, pre: Tensor, k: int, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None = None
 ) -> tuple[SparsePattern, Tensor]:
     """The k·B largest entries of ReLU(π) across the batch as (pattern, values) (SPEC §2.2)."""
     flat = pre.relu().reshape(-1).topk(k * pre.shape[0], sorted=False).indices
     pattern = SparsePattern.from_flat(flat, tuple(pre.shape))
-    return pattern, sparse_pre_acts(sae_in, W_enc, b_enc, pre, pattern).relu()
+    return pattern, sparse_pre_acts(sae_in, W_enc, b_enc, pre, pattern, b_dec).relu()
 
 
 def jumprelu_window(pre: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
-    """Entries with a non-zero JumpReLU gradient: active (π > θ) or in the kernel window
-    |π − θ| < ε/2 (SPEC §2.4); every other entry has f = 0, H = 0 and K = 0."""
-    u = (pre.to(theta.dtype) - theta) / bandwidth
-    return (pre > theta) | (u.abs() < 0.5)
+    """A superset of the entries with a non-zero JumpReLU gradient, in one pass: π > θ − ε.
+
+    Only active entries (π > θ) and those in the kernel window |π − θ| < ε/2 carry a value or
+    a gradient (SPEC §2.4); the margin of a full ε keeps rounding at the window's edge inside,
+    and the extra entries contribute exact zeros.
+    """
+    return pre > (theta - bandwidth).to(pre.dtype)
 
 
 def sparse_aux_k_loss(
@@ -47,6 +50,7 @@ def sparse_aux_k_loss(
     W_enc: Tensor,
     b_enc: Tensor,
     W_dec: Tensor,
+    b_dec: Tensor | None = None,
 ) -> Tensor:
     """Normalised AuxK loss (SPEC §2.2) with z_aux = top k_aux dead pre-activations, sparse.
 
@@ -55,6 +59,6 @@ def sparse_aux_k_loss(
     k = min(k_aux, int(dead_mask.sum()))
     dead_pre = pre.masked_fill(~dead_mask, float("-inf"))
     pattern = SparsePattern.from_topk(dead_pre.topk(k, dim=-1, sorted=False).indices, pre.shape[1])
-    z_aux = sparse_pre_acts(sae_in, W_enc, b_enc, pre, pattern).relu()
+    z_aux = sparse_pre_acts(sae_in, W_enc, b_enc, pre, pattern, b_dec).relu()
     e_hat = sparse_decode(z_aux, W_dec, None, pattern)
     return (e - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)

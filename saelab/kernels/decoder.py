@@ -22,7 +22,7 @@ class SparseDecoder(torch.autograd.Function):
         ctx.save_for_backward(values, W_dec)
         ctx.pattern = pattern
         ctx.has_bias = b_dec is not None
-        out = pattern.csr(values.to(W_dec.dtype)) @ W_dec
+        out = pattern.bag_sum(W_dec, values.to(W_dec.dtype))
         return out + b_dec if b_dec is not None else out
 
     @staticmethod
@@ -36,7 +36,7 @@ class SparseDecoder(torch.autograd.Function):
             grad_v = torch.sparse.sampled_addmm(zeros, grad, W_dec.T, beta=0.0).values()
             grad_v = grad_v.to(values.dtype)
         if ctx.needs_input_grad[1]:
-            grad_w = pattern.csr_t(values.to(W_dec.dtype)) @ grad
+            grad_w = pattern.bag_sum_t(grad, values.to(W_dec.dtype))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum(0)
         return grad_v, grad_w, grad_b, None

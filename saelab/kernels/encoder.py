@@ -5,13 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from saelab.kernels.options import matmul_autocast
+from saelab.kernels.options import kernel_options, matmul_autocast
 from saelab.kernels.pattern import SparsePattern
 
 
 @torch.no_grad()
 def dense_pre_acts(sae_in: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
     """π = sae_in · W_enc + b_enc without a graph (SPEC §2 "Common"), in the matmul dtype."""
+    if kernel_options().matmul_dtype is None:
+        return torch.addmm(b_enc, sae_in, W_enc)
     with matmul_autocast(sae_in.device):
         return sae_in @ W_enc + b_enc
 
@@ -21,11 +23,19 @@ class SparseEncoder(torch.autograd.Function):
 
     Backward with g the gradient at those entries (SPEC §2: π = (x − b_dec) W_enc + b_enc):
     ∂W_enc = sae_inᵀ·g, ∂b_enc = Σ_tokens g, ∂sae_in = g·W_encᵀ — each over the nnz entries only.
+    When b_dec is given, sae_in = x − b_dec with x constant: ∂b_dec = −W_enc·Σ_tokens g, which
+    replaces the (tokens × d_in) ∂sae_in by a matrix-vector product.
     """
 
     @staticmethod
     def forward(
-        ctx, sae_in: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, pattern: SparsePattern
+        ctx,
+        sae_in: Tensor,
+        W_enc: Tensor,
+        b_enc: Tensor,
+        pre: Tensor,
+        pattern: SparsePattern,
+        b_dec: Tensor | None,
     ) -> Tensor:
         ctx.save_for_backward(sae_in, W_enc)
         ctx.pattern = pattern
@@ -36,22 +46,32 @@ class SparseEncoder(torch.autograd.Function):
         sae_in, W_enc = ctx.saved_tensors
         pattern: SparsePattern = ctx.pattern
         grad = grad.to(W_enc.dtype)
-        grad_in = grad_w = grad_b = None
+        grad_in = grad_w = grad_b = grad_b_dec = None
         if ctx.needs_input_grad[0]:
             grad_in = pattern.csr(grad) @ W_enc.T
         if ctx.needs_input_grad[1]:
             grad_w = (pattern.csr_t(grad) @ sae_in.to(W_enc.dtype)).T
-        if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(pattern.shape[1], dtype=grad.dtype, device=grad.device)
-            grad_b.index_add_(0, pattern.cols, grad)
-        return grad_in, grad_w, grad_b, None, None
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[5]:
+            grad_sum = torch.zeros(pattern.shape[1], dtype=grad.dtype, device=grad.device)
+            grad_sum.index_add_(0, pattern.cols, grad)
+            grad_b = grad_sum if ctx.needs_input_grad[2] else None
+            grad_b_dec = -(W_enc @ grad_sum) if ctx.needs_input_grad[5] else None
+        return grad_in, grad_w, grad_b, None, None, grad_b_dec
 
 
 def sparse_pre_acts(
-    sae_in: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, pattern: SparsePattern
+    sae_in: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    pre: Tensor,
+    pattern: SparsePattern,
+    b_dec: Tensor | None = None,
 ) -> Tensor:
-    """π at the pattern (values in row order), differentiable w.r.t. sae_in, W_enc and b_enc."""
-    return SparseEncoder.apply(sae_in, W_enc, b_enc, pre, pattern)
+    """π at the pattern (values in row order), differentiable w.r.t. sae_in, W_enc and b_enc.
+
+    Pass b_dec when sae_in = x − b_dec for a constant x (sae_in itself then without a graph).
+    """
+    return SparseEncoder.apply(sae_in, W_enc, b_enc, pre, pattern, b_dec)
 
 
 class DenseEncoder(torch.autograd.Function):

@@ -6,6 +6,7 @@ import warnings
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 # torch marks CSR tensors as beta on every construction; the ops used here are tested.
@@ -77,12 +78,55 @@ class SparsePattern(NamedTuple):
             check_invariants=False,
         )
 
+    def bag_sum(self, table: Tensor, values: Tensor) -> Tensor:
+        """(B, d) rows Σ_j values[b, j]·table[j] over the pattern (embedding-bag kernel)."""
+        return F.embedding_bag(
+            self.cols,
+            table,
+            self.crow,
+            mode="sum",
+            per_sample_weights=values,
+            include_last_offset=True,
+        )
+
+    def bag_sum_t(self, table: Tensor, values: Tensor) -> Tensor:
+        """(n, d) rows Σ_b values[b, j]·table[b]: bag_sum over the transposed pattern."""
+        return F.embedding_bag(
+            self.rows[self.perm],
+            table,
+            self.ccol,
+            mode="sum",
+            per_sample_weights=values[self.perm],
+            include_last_offset=True,
+        )
+
     def gather(self, dense: Tensor) -> Tensor:
         """The pattern's entries of a dense (B, n) matrix, in row order."""
         return dense.reshape(-1)[self.rows * self.shape[1] + self.cols]
 
-    def scatter_into(self, dense: Tensor, values: Tensor) -> Tensor:
-        """Zero a dense (B, n) buffer in place and write the values at the pattern."""
-        dense.zero_()
-        dense.reshape(-1)[self.rows * self.shape[1] + self.cols] = values.to(dense.dtype)
+    def to_dense(self, values: Tensor) -> Tensor:
+        """The dense (B, n) matrix with these values at the pattern and zeros elsewhere."""
+        dense = values.new_zeros(self.shape)
+        dense.reshape(-1)[self.rows * self.shape[1] + self.cols] = values
         return dense
+
+
+class SparseCodes(NamedTuple):
+    """Codes f as values (in row order) on a pattern: L0 and firing without a dense f."""
+
+    pattern: SparsePattern
+    values: Tensor
+
+    def l0(self) -> Tensor:
+        """Mean non-zero latents per token (0-dim tensor, no host sync)."""
+        return (self.values != 0).sum().float() / self.pattern.shape[0]
+
+    def fired(self) -> Tensor:
+        """(n,) bool: latents non-zero on some token."""
+        counts = self.values.new_zeros(self.pattern.shape[1], dtype=torch.float32)
+        counts.index_add_(0, self.pattern.cols, (self.values != 0).float())
+        return counts > 0
+
+    def dense(self) -> Tensor:
+        """The dense (B, n) codes (detached)."""
+        return self.pattern.to_dense(self.values.detach())

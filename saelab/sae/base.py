@@ -11,6 +11,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from saelab.kernels import SparseCodes
 from saelab.validation import check_known_fields, check_values
 
 
@@ -85,12 +86,35 @@ class SAEConfig:
 
 
 class TrainOutput(NamedTuple):
-    """One training forward: the objective, its named terms, and what the trainer logs."""
+    """One training forward: the objective, its named terms, the reconstruction and the codes.
+
+    codes is the dense (..., d_sae) f or a SparseCodes; the trainer logs L0 and firing from
+    either without materialising a dense f on the sparse path.
+    """
 
     loss: Tensor
     terms: dict[str, Tensor]
-    feature_acts: Tensor
+    codes: Tensor | SparseCodes
     x_hat: Tensor
+
+    @property
+    def feature_acts(self) -> Tensor:
+        """The dense codes f, shaped like x̂ with d_sae features."""
+        if isinstance(self.codes, Tensor):
+            return self.codes
+        return self.codes.dense().reshape(*self.x_hat.shape[:-1], -1)
+
+    def l0(self) -> Tensor:
+        """Mean number of non-zero latents per token (a 0-dim tensor: no host sync)."""
+        if isinstance(self.codes, Tensor):
+            return (self.codes != 0).sum(-1).float().mean()
+        return self.codes.l0()
+
+    def fired(self) -> Tensor:
+        """(d_sae,) bool: which latents were non-zero on some token of the batch."""
+        if isinstance(self.codes, Tensor):
+            return (self.codes != 0).reshape(-1, self.codes.shape[-1]).any(0)
+        return self.codes.fired()
 
 
 class SAE(nn.Module, abc.ABC):
@@ -143,6 +167,13 @@ class SAE(nn.Module, abc.ABC):
         """x − b_dec when apply_b_dec_to_input, else x (SPEC §2 "Common")."""
         x = x.to(self.W_dec.dtype)
         return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
+
+    def sparse_sae_input(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(sae_in without a graph, b_dec or None) for the sparse kernels, which give b_dec its
+        gradient through the encoder directly (saelab.kernels.sparse_pre_acts)."""
+        with torch.no_grad():
+            sae_in = self.sae_input(x)
+        return sae_in, self.b_dec if self.cfg.apply_b_dec_to_input else None
 
     def pre_acts(self, x: Tensor) -> Tensor:
         """π(x) = (x − b_dec) W_enc + b_enc."""

@@ -44,8 +44,10 @@ class BatchTopKSAE(TopKSAE):
         self._update_threshold(f)
         return f
 
-    def sparse_train_codes(self, sae_in: Tensor, pre: Tensor) -> tuple[SparsePattern, Tensor]:
-        pattern, values = batch_topk_codes(sae_in, pre, self.cfg.k, self.W_enc, self.b_enc)
+    def sparse_train_codes(
+        self, sae_in: Tensor, pre: Tensor, b_dec: Tensor | None
+    ) -> tuple[SparsePattern, Tensor]:
+        pattern, values = batch_topk_codes(sae_in, pre, self.cfg.k, self.W_enc, self.b_enc, b_dec)
         self._update_threshold(values)
         return pattern, values
 

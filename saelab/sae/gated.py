@@ -40,9 +40,12 @@ class GatedSAE(SAE):
             self.b_mag.zero_()
 
     def gate_and_magnitude(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(π_gate, π_mag) with the weight sharing W_mag = W_gate ⊙ exp(r_mag)."""
-        s = self.sae_input(x)
-        return s @ self.W_enc + self.b_gate, s @ (self.W_enc * self.r_mag.exp()) + self.b_mag
+        """(π_gate, π_mag) with the weight sharing W_mag = W_gate ⊙ exp(r_mag).
+
+        W_mag scales W_gate's columns, so s·W_mag = (s·W_gate) ⊙ exp(r_mag): one matmul.
+        """
+        shared = self.sae_input(x) @ self.W_enc
+        return shared + self.b_gate, shared * self.r_mag.exp() + self.b_mag
 
     def pre_acts(self, x: Tensor) -> Tensor:
         return self.gate_and_magnitude(x)[1]

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from saelab.kernels import (
+    SparseCodes,
     SparsePattern,
     dense_pre_acts,
     dense_pre_acts_with_grad,
@@ -137,30 +138,27 @@ class JumpReLUSAE(SAE):
         """
         cfg, theta = self.cfg, self.threshold
         x2 = x.reshape(-1, x.shape[-1]).to(self.W_dec.dtype)
-        sae_in = self.sae_input(x2)
+        sae_in, b_dec = self.sparse_sae_input(x2)
         pre = dense_pre_acts(sae_in, self.W_enc, self.b_enc)
-        window = jumprelu_window(pre, theta, cfg.bandwidth)
-        if kernel_options().mode == "sparse" or use_sparse(float(window.float().mean())):
-            pattern = SparsePattern.from_mask(window)
-            z = sparse_pre_acts(sae_in, self.W_enc, self.b_enc, pre, pattern)
+        pattern = SparsePattern.from_mask(jumprelu_window(pre, theta, cfg.bandwidth))
+        if kernel_options().mode == "sparse" or use_sparse(pattern.nnz / pre.numel()):
+            z = sparse_pre_acts(sae_in, self.W_enc, self.b_enc, pre, pattern, b_dec)
             theta_j = theta[pattern.cols]
             values = JumpReLUFunction.apply(z, theta_j, cfg.bandwidth)
             x_hat = sparse_decode(values, self.W_dec, self.b_dec, pattern)
             l0 = StepFunction.apply(z, theta_j, cfg.bandwidth).sum() / x2.shape[0]
-            f = pattern.scatter_into(pre, values.detach())
+            codes = SparseCodes(pattern, values)
         else:
-            z = dense_pre_acts_with_grad(sae_in, self.W_enc, self.b_enc, pre)
-            f = JumpReLUFunction.apply(z, theta, cfg.bandwidth)
+            z = dense_pre_acts_with_grad(self.sae_input(x2), self.W_enc, self.b_enc, pre)
+            codes = JumpReLUFunction.apply(z, theta, cfg.bandwidth)
             with matmul_autocast(x.device):
-                x_hat = self.decode(f)
+                x_hat = self.decode(codes)
             l0 = StepFunction.apply(z, theta, cfg.bandwidth).sum(-1).mean()
         terms = {
             "mse_loss": squared_error(x2, x_hat),
             "sparsity_loss": sparsity_coefficient * l0,
         }
-        return TrainOutput(
-            sum(terms.values()), terms, f.reshape(*x.shape[:-1], -1), x_hat.reshape(x.shape)
-        )
+        return TrainOutput(sum(terms.values()), terms, codes, x_hat.reshape(x.shape))
 
     @torch.no_grad()
     def after_step(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from saelab.kernels import (
+    SparseCodes,
     SparsePattern,
     dense_pre_acts,
     matmul_autocast,
@@ -73,25 +74,25 @@ class TopKSAE(SAE):
         """The activation used in training (per-token TopK here, batch-level in BatchTopK)."""
         return self.activation(pre)
 
-    def sparse_train_codes(self, sae_in: Tensor, pre: Tensor) -> tuple[SparsePattern, Tensor]:
+    def sparse_train_codes(
+        self, sae_in: Tensor, pre: Tensor, b_dec: Tensor | None
+    ) -> tuple[SparsePattern, Tensor]:
         """The training activation as (pattern, values) for the sparse kernels."""
-        return topk_codes(sae_in, pre, self.cfg.k, self.W_enc, self.b_enc)
+        return topk_codes(sae_in, pre, self.cfg.k, self.W_enc, self.b_enc, b_dec)
 
     def _sparse_train_forward(self, x: Tensor, dead_mask: Tensor | None) -> TrainOutput:
         """Same objective as train_forward via saelab.kernels: only active latents are touched."""
         x2 = x.reshape(-1, x.shape[-1]).to(self.W_dec.dtype)
-        sae_in = self.sae_input(x2)
+        sae_in, b_dec = self.sparse_sae_input(x2)
         pre = dense_pre_acts(sae_in, self.W_enc, self.b_enc)
-        pattern, values = self.sparse_train_codes(sae_in, pre)
+        pattern, values = self.sparse_train_codes(sae_in, pre, b_dec)
         x_hat = sparse_decode(values, self.W_dec, self.b_dec, pattern)
         terms = {"mse_loss": squared_error(x2, x_hat)}
         if dead_mask is not None and bool(dead_mask.any()):
             e = (x2 - x_hat).detach()
             aux = sparse_aux_k_loss(
-                e, sae_in, pre, dead_mask, self.k_aux, self.W_enc, self.b_enc, self.W_dec
+                e, sae_in, pre, dead_mask, self.k_aux, self.W_enc, self.b_enc, self.W_dec, b_dec
             )
             terms["aux_loss"] = self.cfg.aux_coefficient * aux
-        f = pattern.scatter_into(pre, values.detach())
-        return TrainOutput(
-            sum(terms.values()), terms, f.reshape(*x.shape[:-1], -1), x_hat.reshape(x.shape)
-        )
+        codes = SparseCodes(pattern, values)
+        return TrainOutput(sum(terms.values()), terms, codes, x_hat.reshape(x.shape))

@@ -100,20 +100,27 @@ def check_memory(
     return report
 
 
+def member_layout(cfg: RunConfig, out: Path) -> list[tuple[str, Path]]:
+    """(name, output folder) of every SAE of the sweep, in cfg.sweep() order."""
+    sweep = cfg.sweep()
+    names = [_member_name(h, a, o, s, len(cfg.hooks)) for h, a, o, s in sweep]
+    return [(name, out if len(sweep) == 1 else out / name) for name in names]
+
+
 def build_members(cfg: RunConfig, d_per_hook: int, model_name: str, out: Path) -> list[SweepMember]:
     """Create every SAE of the sweep (seeded) with its output folder."""
     seed = cfg.train_config(None, None).seed
     width = cfg.width or 16 * d_per_hook
     sweep = cfg.sweep()
     members = []
-    for i, (hook, arch, options, sparsity) in enumerate(sweep):
-        name = _member_name(hook, arch, options, sparsity, len(cfg.hooks))
+    layout = member_layout(cfg, out)
+    for i, (hook, arch, options, _) in enumerate(sweep):
+        name, directory = layout[i]
         sae = create_sae(
             arch, d_per_hook, width, seed=seed + i, model_name=model_name, hook_name=hook,
             context_size=cfg.context_size, dataset=cfg.corpus if not cfg.cache else cfg.cache, **options,
         )  # fmt: skip
         h = cfg.hooks.index(hook)
-        directory = out if len(sweep) == 1 else out / name
         members.append(
             SweepMember(name, hook, sae, directory, slice(h * d_per_hook, (h + 1) * d_per_hook))
         )

@@ -32,7 +32,8 @@ class RunConfig:
     cache: str | None = None
     archs: list[str] = field(default_factory=lambda: ["jumprelu"])
     width: int | None = None
-    sparsity: list[float] = field(default_factory=list)
+    # λ values for every λ-architecture, or per architecture: {jumprelu: [...], gated: [...]}.
+    sparsity: list[float] | dict[str, list[float]] = field(default_factory=list)
     k: list[int] = field(default_factory=lambda: [64])
     arch_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     tokens: int = 2_000_000
@@ -55,9 +56,16 @@ class RunConfig:
                 raise ValueError(f"arch: unknown architecture {arch!r}; valid: {architectures()}")
         if self.width is not None and self.width < 1:
             raise ValueError(f"width: must be an integer ≥ 1, got {self.width}")
-        for s in self.sparsity:
-            if s < 0:
-                raise ValueError(f"sparsity: coefficients must be ≥ 0, got {s}")
+        if isinstance(self.sparsity, dict):
+            unknown = sorted(set(self.sparsity) - set(self.archs))
+            if unknown:
+                raise ValueError(
+                    f"sparsity: values given for {unknown}, which are not in archs {self.archs}"
+                )
+        for arch in self.archs:
+            for s in self.sparsity_for(arch):
+                if s < 0:
+                    raise ValueError(f"sparsity: coefficients must be ≥ 0, got {s}")
         for k in self.k:
             if k < 1:
                 raise ValueError(f"k: must be an integer ≥ 1, got {k}")
@@ -103,8 +111,14 @@ class RunConfig:
                 if arch in TOPK_ARCHS:
                     runs += [(hook, arch, options | {"k": k}, None) for k in self.k]
                 else:
-                    runs += [(hook, arch, options, s) for s in (self.sparsity or [None])]
+                    runs += [(hook, arch, options, s) for s in (self.sparsity_for(arch) or [None])]
         return runs
+
+    def sparsity_for(self, arch: str) -> list[float]:
+        """The λ values of one architecture (the shared list, or its entry in the per-arch map)."""
+        if isinstance(self.sparsity, dict):
+            return list(self.sparsity.get(arch, []))
+        return list(self.sparsity)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -129,15 +129,26 @@ def test_bf16_matmul_within_tolerance():
     assert 0 < rel(low, ref) < 1e-2
 
 
-def test_jumprelu_window_is_exactly_the_gradient_support():
+def test_jumprelu_window_covers_the_gradient_support_with_only_zero_extras():
     g = torch.Generator().manual_seed(8)
-    pre = torch.randn(B, N, generator=g)
-    theta = torch.rand(N, generator=g)
+    theta = torch.rand(N, generator=g) + 0.5
     eps = 0.3
+    # Random entries plus entries one ulp either side of the window's lower edge θ − ε/2.
+    edge = theta - eps / 2
+    pre = torch.cat(
+        [
+            torch.randn(B, N, generator=g),
+            torch.nextafter(edge, edge + 1).expand(2, N),
+            torch.nextafter(edge, edge - 1).expand(2, N),
+        ]
+    )
     window = jumprelu_window(pre, theta, eps)
     active = pre > theta
     in_kernel = ((pre - theta) / eps).abs() < 0.5
-    assert torch.equal(window, active | in_kernel)
+    support = active | in_kernel
+    assert torch.equal(window & support, support)
+    extra = window & ~support
+    assert extra.any() and bool((pre[extra] < (theta.expand_as(pre))[extra] - eps / 2 + 1e-6).all())
 
 
 def test_options_validate_and_choose():

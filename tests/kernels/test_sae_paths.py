@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import saelab
-from saelab.kernels import use_kernels
+from saelab.kernels import SparseCodes, use_kernels
 
 D, N, B = 16, 256, 64
 
@@ -41,6 +41,11 @@ def _compare(sae, x, lam=0.3, dead=None, tol=1e-5, matmul_dtype=None):
         assert rel(fast.terms[name], ref.terms[name]) < tol, name
     assert rel(fast.x_hat, ref.x_hat) < tol
     assert rel(fast.feature_acts, ref.feature_acts.detach()) < tol
+    # The trainer's L0 and firing read the sparse codes directly; they must match dense f.
+    assert isinstance(fast.codes, SparseCodes)
+    f = ref.feature_acts.detach().reshape(-1, N)
+    assert torch.equal(fast.fired(), (f != 0).any(0))
+    assert float(fast.l0()) == pytest.approx(float((f != 0).sum(-1).float().mean()))
     assert set(g_fast) == set(g_ref)
     for name, g in g_ref.items():
         assert rel(g_fast[name], g) < tol, name

@@ -113,6 +113,28 @@ def test_sweep_of_three_archs_by_two_settings_reads_the_lm_once_per_batch(
     )
 
 
+def test_per_architecture_sparsity_lists_from_flags():
+    from saelab.train.cli_options import run_config_from_flags
+
+    flags = dict.fromkeys(
+        ["model", "hook", "corpus", "width", "tokens", "batch_size", "lr", "bandwidth", "seed",
+         "device", "model_dtype", "context_size", "checkpoint_every", "logger", "max_memory_gb",
+         "out"]
+    )  # fmt: skip
+    cfg = run_config_from_flags(
+        resume=None,
+        config=None,
+        **flags | {"hook": [HOOK], "cache": "c", "arch": "jumprelu,gated,topk", "k": "8"},
+        sparsity="jumprelu:0.001,jumprelu:0.01,gated:0.3",
+    )
+    assert [(arch, options.get("k"), lam) for _, arch, options, lam in cfg.sweep()] == [
+        ("jumprelu", None, 0.001),
+        ("jumprelu", None, 0.01),
+        ("gated", None, 0.3),
+        ("topk", 8, None),
+    ]
+
+
 def test_two_hooks_train_side_by_side_from_one_stream(tiny_model, text_corpus_dir, tmp_path):
     cfg = resolve_run_config(
         None,
@@ -258,6 +280,7 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(small_cache, tmp_pa
         ),
         (["--width", "0"], "width: must be an integer ≥ 1, got 0"),
         (["--sparsity", "-0.5"], "sparsity: coefficients must be ≥ 0, got -0.5"),
+        (["--sparsity", "gated:0.1"], "sparsity: values given for ['gated'], which are not in"),
         (["--hook", "blocks.9.hook_resid_post"], "blocks.9.hook_resid_post"),
     ],
 )

@@ -1,0 +1,132 @@
+"""`saelab analyze` and `saelab neuronpedia`: build features.sqlite and export it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+RunArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Run directory (with sae/ and config.yaml), SAE directory, or Gemma Scope params.npz."
+    ),
+]
+
+
+def analyze_command(
+    path: RunArg,
+    tokens: Annotated[
+        int, typer.Option(help="Held-out tokens to stream (BOS/EOS/pad not counted).")
+    ] = 16384,
+    model: Annotated[
+        str | None, typer.Option(help="Model (default: the SAE's recorded model_name).")
+    ] = None,
+    hook: Annotated[
+        str | None, typer.Option(help="Hook point (default: the SAE's recorded hook_name).")
+    ] = None,
+    corpus: Annotated[
+        str | None,
+        typer.Option(
+            help="Corpus whose held-out split is read (default: the run's, else python-stdlib)."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Contexts per LM forward pass.")] = 8,
+    context_size: Annotated[
+        int | None,
+        typer.Option(help="Tokens per context, BOS included (default: the SAE's, else 128)."),
+    ] = None,
+    top_k: Annotated[int, typer.Option(help="Top activating examples kept per latent.")] = 20,
+    window: Annotated[
+        int, typer.Option(help="Context tokens kept on each side of an example's max token.")
+    ] = 12,
+    quantiles: Annotated[
+        int, typer.Option(help="Activation quantile bands of the sampled examples.")
+    ] = 4,
+    per_quantile: Annotated[int, typer.Option(help="Examples shown per quantile band.")] = 5,
+    reservoir: Annotated[
+        int, typer.Option(help="Firing events sampled uniformly per latent (quantile examples).")
+    ] = 40,
+    histograms: Annotated[
+        int, typer.Option(help="Also plot histogram PNGs of this many most frequent latents.")
+    ] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the document order and the reservoirs.")] = 0,
+    device: Annotated[
+        str | None, typer.Option(help="Torch device (default: cuda if available, else cpu).")
+    ] = None,
+    dtype: Annotated[
+        str, typer.Option(help="Dtype the LM runs in: float32, float16 or bfloat16.")
+    ] = "float32",
+    out: Annotated[
+        Path | None, typer.Option(help="Database path (default: RUN/features.sqlite).")
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
+    ] = False,
+) -> None:
+    """Feature stats, top/quantile examples, logit lens, neighbours → features.sqlite + figures."""
+    from saelab.analysis.accumulator import AnalysisConfig
+    from saelab.analysis.command import run_analyze_command
+
+    try:
+        config = AnalysisConfig(
+            top_k=top_k, reservoir=reservoir, quantiles=quantiles, per_quantile=per_quantile,
+            window=window, seed=seed,
+        )  # fmt: skip
+        summary = run_analyze_command(
+            path=path, tokens=tokens, model=model, hook=hook, corpus=corpus,
+            batch_size=batch_size, context_size=context_size, device=device, dtype=dtype,
+            out=out, config=config, histograms=histograms,
+        )  # fmt: skip
+    except (LookupError, ValueError, ModuleNotFoundError) as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(1) from error
+    if json_output:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(
+            f"Analysed {summary['d_sae']:,} latents on {summary['tokens']:,} tokens "
+            f"({summary['dead']:,} never fired) in {summary['total_s']:.0f} s → {summary['database']}"
+        )
+        typer.echo(f"Figures: {', '.join(summary['figures'])}")
+
+
+def neuronpedia_command(
+    path: Annotated[Path, typer.Argument(help="Run directory or features.sqlite to export.")],
+    out: Annotated[Path, typer.Option(help="Folder for features.jsonl and activations.jsonl.")],
+    model_id: Annotated[
+        str | None, typer.Option(help="Neuronpedia model id (default: the model's name).")
+    ] = None,
+    source_id: Annotated[
+        str | None,
+        typer.Option(
+            help="Neuronpedia source/layer id (default: from the hook, e.g. 6-saelab-res)."
+        ),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
+    ] = False,
+) -> None:
+    """Export features.sqlite in Neuronpedia's feature/activation JSON-lines format."""
+    from saelab.analysis.database import FeatureDB
+    from saelab.analysis.neuronpedia import export_neuronpedia
+    from saelab.explorer.run import database_path
+
+    try:
+        with FeatureDB(database_path(path)) as db:
+            summary = export_neuronpedia(db, out, model_id, source_id)
+    except ValueError as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(1) from error
+    summary = {
+        key: str(value) if isinstance(value, Path) else value for key, value in summary.items()
+    }
+    if json_output:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(
+            f"Wrote {summary['latents']:,} features to {summary['features']} and "
+            f"{summary['examples']:,} activations to {summary['activations']}"
+        )

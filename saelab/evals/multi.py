@@ -1,0 +1,131 @@
+"""Evaluate several SAEs on the same held-out tokens with one LM, sharing the clean passes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from saelab.data.corpora import Corpus
+from saelab.data.progress import token_progress
+from saelab.evals.command import save_eval
+from saelab.evals.spliced import MultiSplicedEvaluator
+from saelab.evals.tokens import heldout_batches
+from saelab.lm.dtypes import dtype_name
+from saelab.lm.model import LanguageModel
+from saelab.sae import SAE
+
+# eval.json eval_config keys that decide whether an existing evaluation can be reused
+# (the device is left out: the same settings on another device give the same metrics).
+SETTING_KEYS = ("model", "hook", "corpus", "split", "tokens", "context_size", "batch_size", "seed")
+
+
+@dataclass
+class EvalTarget:
+    """One SAE to evaluate: its name, hook, where it was loaded from and its eval.json path."""
+
+    name: str
+    sae: SAE
+    hook: str
+    sae_path: Path
+    out: Path
+
+
+@dataclass
+class EvalSettings:
+    """The held-out tokens every SAE of one evaluation sees."""
+
+    corpus: Corpus
+    tokens: int
+    context_size: int
+    batch_size: int
+    seed: int = 0
+
+    def eval_config(self, model: str, hook: str, device: str, dtype: str) -> dict[str, Any]:
+        """The eval.json eval_config (docs/eval-schema.md) of one SAE at `hook`."""
+        return {
+            "model": model,
+            "hook": hook,
+            "corpus": self.corpus.spec,
+            "split": "heldout",
+            "tokens": self.tokens,
+            "context_size": self.context_size,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "device": device,
+            "dtype": dtype,
+        }
+
+
+def same_settings(found: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether an eval.json eval_config was made with the wanted settings (device aside)."""
+    return all(found.get(key) == wanted.get(key) for key in (*SETTING_KEYS, "dtype"))
+
+
+def evaluate_targets(
+    lm: LanguageModel,
+    model_name: str,
+    targets: list[EvalTarget],
+    settings: EvalSettings,
+    log: Callable[[str], None] = print,
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Evaluate every target on the same tokens and write its eval.json (+ stats, plot).
+
+    SAEs at one hook share the clean and zero-ablation passes (MultiSplicedEvaluator); an SAE
+    whose evaluation or file writing fails is reported without losing the others.
+    Returns (eval.json documents by name, error messages by name).
+    """
+    start = time.perf_counter()
+    by_hook: dict[str, list[int]] = {}
+    for i, target in enumerate(targets):
+        by_hook.setdefault(target.hook, []).append(i)
+        target.sae.to(lm.device)
+    evaluators = {
+        hook: MultiSplicedEvaluator(
+            [targets[i].sae for i in indices], lm, hook, isolate_failures=True
+        )
+        for hook, indices in by_hook.items()
+    }
+    failures: dict[str, str] = {}
+    batches = heldout_batches(
+        settings.corpus, lm.tokenizer, settings.tokens, context_size=settings.context_size,
+        batch_size=settings.batch_size, seed=settings.seed,
+    )  # fmt: skip
+    total = settings.tokens * len(targets)
+    done = 0
+    with token_progress(f"evaluating {len(targets)} SAE(s), tokens × SAEs", total) as progress:
+        for batch in batches:
+            for hook, evaluator in list(evaluators.items()):
+                try:
+                    n = evaluator.update(batch)
+                except Exception as error:  # a failure shared by every SAE at this hook
+                    for i in evaluator.active():
+                        failures[targets[by_hook[hook][i]].name] = (
+                            f"{type(error).__name__}: {error}"
+                        )
+                    del evaluators[hook]
+                    continue
+                done += n * len(evaluator.active())
+                progress(done, max(total, done))
+    reports: dict[str, dict[str, Any]] = {}
+    device, dtype = str(lm.device), dtype_name(lm.dtype)
+    for hook, evaluator in evaluators.items():
+        for j, i in enumerate(by_hook[hook]):
+            target = targets[i]
+            if j in evaluator.failed:
+                failures[target.name] = evaluator.failed[j]
+                continue
+            try:
+                reports[target.name], _ = save_eval(
+                    target.out, metrics=evaluator.result(j), tensor=evaluator.tensors[j],
+                    sae=target.sae, sae_path=target.sae_path,
+                    eval_config=settings.eval_config(model_name, hook, device, dtype),
+                    started=start,
+                )  # fmt: skip
+            except (ValueError, OSError, RuntimeError) as error:
+                failures[target.name] = f"{type(error).__name__}: {error}"
+    for name, message in failures.items():
+        log(f"evaluation of {name} failed: {message}")
+    return reports, failures

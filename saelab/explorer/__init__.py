@@ -1,0 +1,1 @@
+"""Feature explorer: static HTML dashboard and local web app over features.sqlite."""

@@ -1,0 +1,202 @@
+"""The local web explorer (FastAPI): the feature browser over features.sqlite plus live tools.
+
+Routes (DESIGN.md): / (index), /latent/{i} (page), /api/latent/{i} (JSON), /api/latents,
+/api/search, /api/meta, POST /api/analyze {"text"} (top latents per token) and POST /api/steer
+(steered vs baseline generation). /static serves the CSS/JS bundle and /plots the run's figures,
+both through Starlette's StaticFiles, which refuses paths outside their folder. The model and
+SAE for the live tools load on first use (from the database's recorded model/hook/sae_path).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from saelab.analysis.database import ORDERS, FeatureDB
+from saelab.analysis.figures import OVERVIEW_FILE
+from saelab.explorer.render import (
+    MAX_NEW_TOKENS,
+    MAX_TEXT_CHARS,
+    Links,
+    render_index,
+    render_latent,
+)
+
+LINKS = Links("/", "/latent/{i}", f"/plots/{OVERVIEW_FILE}")
+
+
+class AnalyzeRequest(BaseModel):
+    """POST /api/analyze body."""
+
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    k: int = Field(5, ge=1, le=50)
+
+
+class SteerRequest(BaseModel):
+    """POST /api/steer body: one latent, its strength and how it is applied."""
+
+    prompt: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    latent: int = Field(ge=0)
+    strength: float = Field(0.0, allow_inf_nan=False, ge=-1e4, le=1e4)
+    mode: Literal["add", "clamp", "ablate"] = "add"
+    max_new_tokens: int = Field(24, ge=1, le=MAX_NEW_TOKENS)
+    seed: int = 0
+
+
+@dataclass
+class LiveModel:
+    """The LM + SAE of the live tools, loaded once on first use (thread-safe)."""
+
+    model: str | None
+    hook: str | None
+    sae_path: str | None
+    device: str | None = None
+    _loaded: tuple | None = field(default=None, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def get(self) -> tuple[Any, Any, str]:
+        """(lm, sae, hook); raises HTTP 503 naming what is missing or failed."""
+        with self._lock:
+            if self._loaded is None:
+                if not (self.model and self.hook and self.sae_path):
+                    raise HTTPException(
+                        503,
+                        "live tools need the model, hook and SAE path (pass --model/--hook/--sae).",
+                    )
+                from saelab.formats.load import load_sae
+                from saelab.lm.loading import load_model
+
+                try:
+                    lm = load_model(self.model, device=self.device)
+                    sae = load_sae(self.sae_path).to(lm.device)
+                except (LookupError, ValueError, OSError) as error:
+                    raise HTTPException(503, f"could not load the model or SAE: {error}") from error
+                self._loaded = (lm, sae, self.hook)
+            return self._loaded
+
+    @property
+    def lock(self) -> threading.Lock:
+        return self._lock
+
+
+def _interventions():
+    """saelab.interventions (imported when a live tool is first used)."""
+    try:
+        import saelab.interventions as interventions
+    except ImportError as error:
+        raise HTTPException(501, f"this tool needs saelab.interventions: {error}") from error
+    return interventions
+
+
+def create_app(
+    database: Path,
+    *,
+    model: str | None = None,
+    hook: str | None = None,
+    sae_path: str | None = None,
+    device: str | None = None,
+) -> FastAPI:
+    """The explorer app over one features.sqlite; model/hook/sae_path override its meta."""
+    db = FeatureDB(database)
+    meta = db.meta()
+    n_latents = db.count()
+    live = LiveModel(
+        model or meta.get("model"),
+        hook or meta.get("hook"),
+        sae_path or meta.get("sae_path"),
+        device,
+    )
+    app = FastAPI(title="saelab explorer", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    app.mount(
+        "/static", StaticFiles(directory=str(files("saelab.explorer") / "static")), name="static"
+    )
+    plots = database.parent / "plots"
+    if plots.is_dir():
+        app.mount("/plots", StaticFiles(directory=str(plots)), name="plots")
+    links = LINKS if (plots / OVERVIEW_FILE).is_file() else Links(LINKS.home, LINKS.latent_pattern)
+    public_meta = {k: v for k, v in meta.items() if k != "overview"}
+
+    def row_or_404(i: int) -> dict[str, Any]:
+        row = db.latent(i)
+        if row is None:
+            raise HTTPException(404, f"no latent {i}; valid latents: 0..{n_latents - 1}")
+        return row
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return render_index(meta, db.latents(), links, live=True)
+
+    @app.get("/latent/{i}", response_class=HTMLResponse)
+    def latent_page(i: int) -> str:
+        return render_latent(meta, row_or_404(i), links, live=True)
+
+    @app.get("/api/meta")
+    def api_meta() -> dict[str, Any]:
+        return public_meta
+
+    @app.get("/api/latent/{i}")
+    def api_latent(i: int) -> dict[str, Any]:
+        return row_or_404(i)
+
+    @app.get("/api/latents")
+    def api_latents(
+        order_by: Literal[ORDERS] = "latent",  # type: ignore[valid-type]
+        descending: bool | None = None,
+        limit: int = Query(100, ge=1, le=10_000),
+        offset: int = Query(0, ge=0),
+    ) -> list[dict[str, Any]]:
+        return db.latents(order_by=order_by, descending=descending, limit=limit, offset=offset)
+
+    @app.get("/api/search")
+    def api_search(
+        q: str = Query(min_length=1, max_length=200), limit: int = Query(100, ge=1, le=1000)
+    ) -> dict[str, Any]:
+        return {"query": q, "latents": db.search(q, limit=limit)}
+
+    @app.post("/api/analyze")
+    def api_analyze(request: AnalyzeRequest) -> dict[str, Any]:
+        interventions = _interventions()
+        lm, sae, hook_name = live.get()
+        with live.lock:
+            result = interventions.top_latents_per_token(
+                lm, sae, hook_name, request.text, k=request.k
+            )
+        return {
+            "text": request.text,
+            "tokens": [
+                {
+                    "position": t.position,
+                    "token": t.token,
+                    "latents": [[int(i), float(v)] for i, v in t.latents],
+                }
+                for t in result
+            ],
+        }
+
+    @app.post("/api/steer")
+    def api_steer(request: SteerRequest) -> dict[str, Any]:
+        if request.latent >= n_latents:
+            raise HTTPException(
+                404, f"no latent {request.latent}; valid latents: 0..{n_latents - 1}"
+            )
+        interventions = _interventions()
+        lm, sae, hook_name = live.get()
+        with live.lock:
+            result = interventions.steer(
+                lm, sae, hook_name, request.prompt, {request.latent: request.strength},
+                max_new_tokens=request.max_new_tokens, mode=request.mode, seed=request.seed,
+            )  # fmt: skip
+        return {
+            "prompt": result.prompt, "baseline": result.baseline, "steered": result.steered,
+            "latent": request.latent, "strength": request.strength, "mode": result.mode,
+        }  # fmt: skip
+
+    return app

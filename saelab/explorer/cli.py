@@ -1,0 +1,73 @@
+"""`saelab dashboard` (static site) and `saelab serve` (local web app)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from saelab.explorer.server import DEFAULT_HOST, DEFAULT_PORT
+
+RunArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Run directory with features.sqlite (from `saelab analyze`), or the .sqlite file."
+    ),
+]
+
+
+def dashboard_command(
+    path: RunArg,
+    out: Annotated[Path, typer.Option(help="Folder for the site (index.html + latents/).")],
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
+    ] = False,
+) -> None:
+    """Static, self-contained HTML dashboard (works from file://, no network)."""
+    from saelab.analysis.database import FeatureDB
+    from saelab.explorer.run import database_path
+    from saelab.explorer.static_site import build_dashboard
+
+    try:
+        with FeatureDB(database_path(path)) as db:
+            index = build_dashboard(db, out)
+            n = db.count()
+    except ValueError as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(1) from error
+    if json_output:
+        typer.echo(json.dumps({"index": str(index), "latents": n}))
+    else:
+        typer.echo(f"Dashboard of {n:,} latents: {index.resolve().as_uri()}")
+
+
+def serve_command(
+    path: RunArg,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (loopback by default; 0.0.0.0 exposes it).")
+    ] = DEFAULT_HOST,
+    port: Annotated[int, typer.Option(help="TCP port.")] = DEFAULT_PORT,
+    model: Annotated[
+        str | None, typer.Option(help="Model of the live tools (default: the one analysed).")
+    ] = None,
+    hook: Annotated[str | None, typer.Option(help="Hook (default: the one analysed).")] = None,
+    sae: Annotated[str | None, typer.Option(help="SAE path (default: the one analysed).")] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="Torch device of the live tools (default: cuda if available)."),
+    ] = None,
+) -> None:
+    """Local web explorer: feature browser, top latents per token, steering playground."""
+    from saelab.explorer.app import create_app
+    from saelab.explorer.run import database_path
+    from saelab.explorer.server import serve
+
+    try:
+        app = create_app(database_path(path), model=model, hook=hook, sae_path=sae, device=device)
+    except ValueError as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(1) from error
+    typer.echo(f"saelab explorer on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
+    serve(app, host, port)

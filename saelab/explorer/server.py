@@ -1,0 +1,52 @@
+"""Run the explorer app with uvicorn: in the foreground (`saelab serve`) or in a thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+from fastapi import FastAPI
+
+DEFAULT_HOST = "127.0.0.1"  # loopback only unless the user asks otherwise
+DEFAULT_PORT = 8765
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port that is free on host right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def serve(app: FastAPI, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+    """Serve until Ctrl-C."""
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@contextmanager
+def running_server(
+    app: FastAPI, host: str = DEFAULT_HOST, port: int | None = None, start_timeout: float = 20.0
+) -> Iterator[str]:
+    """Serve app from a background thread for the duration of the block; yields its base URL.
+
+    The server is told to exit when the block ends and the thread is joined (bounded wait).
+    """
+    port = port or free_port(host)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name=f"saelab-explorer-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the explorer server did not start on {host}:{port}")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

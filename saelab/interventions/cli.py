@@ -1,0 +1,265 @@
+"""The `saelab steer`, `ablate`, `prompt` and `contrast` commands (DESIGN.md "CLI")."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+RunOrSAE = Annotated[
+    Path,
+    typer.Argument(
+        metavar="RUN_OR_SAE",
+        help="SAE: a run directory (with sae/), a saelab/SAELens directory or a Gemma Scope "
+        "params.npz.",
+    ),
+]
+Latents = Annotated[
+    list[int], typer.Option("--latent", help="Latent index to edit; repeat for several.")
+]
+Prompt = Annotated[str, typer.Option(help="Prompt text (BOS is prepended).")]
+Model = Annotated[str | None, typer.Option(help="Model (default: the SAE's recorded model_name).")]
+Hook = Annotated[
+    str | None, typer.Option(help="Hook point (default: the SAE's recorded hook_name).")
+]
+MaxNewTokens = Annotated[int, typer.Option(help="Tokens to generate per continuation.")]
+FromPosition = Annotated[
+    int | None,
+    typer.Option(
+        help="Edit only token positions ≥ this absolute index (BOS = 0), also in generated "
+        "tokens (default: every position; BOS/EOS/pad are never edited)."
+    ),
+]
+Features = Annotated[
+    Path | None,
+    typer.Option(
+        help="features.sqlite with latent explanations (default: the run's, if it exists)."
+    ),
+]
+Device = Annotated[
+    str | None, typer.Option(help="Torch device (default: cuda if available, else cpu).")
+]
+Dtype = Annotated[str, typer.Option(help="Dtype the LM runs in: float32, float16 or bfloat16.")]
+JsonOutput = Annotated[
+    bool, typer.Option("--json", help="Print the result as JSON on stdout instead of a table.")
+]
+
+
+def _run(compute: Callable[[], Any]) -> Any:
+    """compute(), turning bad-input errors into a one-line message and exit status 1."""
+    try:
+        return compute()
+    except (LookupError, ValueError, ModuleNotFoundError, OSError) as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(1) from error
+
+
+def _print(result: Any, as_json: bool, table: Callable[[Any], Any]) -> None:
+    """JSON on stdout, or a rich table."""
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    from rich.console import Console
+
+    Console().print(table(result))
+
+
+def _strengths(latents: list[int], strength: list[float]) -> dict[int, float]:
+    """{latent: strength}: one strength for all latents, or one per latent in order."""
+    if len(strength) not in (1, len(latents)):
+        raise typer.BadParameter(
+            f"give one --strength for all latents or one per --latent ({len(latents)}), "
+            f"got {len(strength)}",
+            param_hint="--strength",
+        )
+    values = strength * len(latents) if len(strength) == 1 else strength
+    return dict(zip(latents, values, strict=True))
+
+
+def steer_command(
+    path: RunOrSAE,
+    latent: Latents,
+    strength: Annotated[
+        list[float],
+        typer.Option(
+            help="add: α in x + α·d_i; clamp: the value latent i is set to. One for all "
+            "latents, or one per --latent in order."
+        ),
+    ],
+    prompt: Prompt,
+    max_new_tokens: MaxNewTokens = 32,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="add (x + α·d_i) or clamp (latent i := strength with the SAE in the loop and "
+            "its reconstruction error kept)."
+        ),
+    ] = "add",
+    from_position: FromPosition = None,
+    sample: Annotated[
+        bool, typer.Option(help="Sample (temperature 1) instead of greedy decoding.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Torch seed before each generation.")] = 0,
+    model: Model = None,
+    hook: Hook = None,
+    device: Device = None,
+    dtype: Dtype = "float32",
+    json_output: JsonOutput = False,
+) -> None:
+    """Generate from a prompt with and without steering SAE latents; show both side by side."""
+    from saelab.interventions.commands import run_steer
+    from saelab.interventions.render import steering_table
+
+    if mode not in ("add", "clamp"):
+        raise typer.BadParameter(f"{mode!r}; valid: add, clamp", param_hint="--mode")
+    latents = _strengths(latent, strength)
+    result = _run(
+        lambda: run_steer(
+            path,
+            latents=latents,
+            prompt=prompt,
+            mode=mode,
+            model=model,
+            hook=hook,
+            max_new_tokens=max_new_tokens,
+            from_position=from_position,
+            seed=seed,
+            sample=sample,
+            device=device,
+            dtype=dtype,
+        )
+    )
+    _print(result.to_dict() if json_output else result, json_output, steering_table)
+
+
+def ablate_command(
+    path: RunOrSAE,
+    latent: Latents,
+    prompt: Prompt,
+    max_new_tokens: MaxNewTokens = 32,
+    from_position: FromPosition = None,
+    model: Model = None,
+    hook: Hook = None,
+    device: Device = None,
+    dtype: Dtype = "float32",
+    json_output: JsonOutput = False,
+) -> None:
+    """Generate with and without zeroing SAE latents (reconstruction error kept); side by side."""
+    from saelab.interventions.commands import run_steer
+    from saelab.interventions.render import steering_table
+
+    result = _run(
+        lambda: run_steer(
+            path,
+            latents=dict.fromkeys(latent, 0.0),
+            prompt=prompt,
+            mode="ablate",
+            model=model,
+            hook=hook,
+            max_new_tokens=max_new_tokens,
+            from_position=from_position,
+            device=device,
+            dtype=dtype,
+        )
+    )
+    _print(result.to_dict() if json_output else result, json_output, steering_table)
+
+
+def prompt_command(
+    path: RunOrSAE,
+    prompt: Prompt,
+    k: Annotated[int, typer.Option(help="Latents shown per token (only those that fire).")] = 5,
+    features: Features = None,
+    model: Model = None,
+    hook: Hook = None,
+    device: Device = None,
+    dtype: Dtype = "float32",
+    json_output: JsonOutput = False,
+) -> None:
+    """Top SAE latents at each token of a prompt, with explanations when the run has them."""
+    from saelab.interventions.commands import run_prompt
+    from saelab.interventions.render import prompt_table
+
+    report = _run(
+        lambda: run_prompt(
+            path,
+            prompt=prompt,
+            k=k,
+            features=features,
+            model=model,
+            hook=hook,
+            device=device,
+            dtype=dtype,
+        )
+    )
+    _print(report, json_output, prompt_table)
+
+
+def contrast_command(
+    path: RunOrSAE,
+    positive: Annotated[
+        str,
+        typer.Option(
+            help="Corpus whose specific latents are wanted: a .txt file (documents separated "
+            "by blank lines), .jsonl/.parquet file, folder, or datasets name."
+        ),
+    ],
+    negative: Annotated[str, typer.Option(help="Corpus to contrast against (same forms).")],
+    top: Annotated[int, typer.Option(help="Latents to report.")] = 20,
+    rank_by: Annotated[
+        str,
+        typer.Option(
+            help="Ranking: auroc (separates the corpora best), freq_diff (fires on many "
+            "positive and few negative documents) or ratio (mean activation ratio)."
+        ),
+    ] = "auroc",
+    examples: Annotated[int, typer.Option(help="Top examples per latent and corpus.")] = 3,
+    max_documents: Annotated[int, typer.Option(help="Documents read per corpus.")] = 500,
+    context_size: Annotated[
+        int, typer.Option(help="Tokens kept per document, BOS included.")
+    ] = 128,
+    batch_size: Annotated[int, typer.Option(help="Documents per LM forward pass.")] = 8,
+    text_field: Annotated[
+        str, typer.Option(help="Text column of .jsonl/.parquet/datasets corpora.")
+    ] = "text",
+    features: Features = None,
+    model: Model = None,
+    hook: Hook = None,
+    device: Device = None,
+    dtype: Dtype = "float32",
+    json_output: JsonOutput = False,
+) -> None:
+    """Rank latents by how specifically they fire on --positive vs --negative documents.
+
+    Per latent: AUROC and one-sided Mann–Whitney p-value (BH q-value) of the per-document
+    max activation, firing frequencies, mean activations and their ratio, top examples.
+    """
+    from saelab.interventions.commands import run_contrast
+    from saelab.interventions.render import contrast_table
+
+    for name, value in (("--top", top), ("--max-documents", max_documents)):
+        if value < 1:
+            raise typer.BadParameter(f"must be ≥ 1, got {value}", param_hint=name)
+    report = _run(
+        lambda: run_contrast(
+            path,
+            positive=positive,
+            negative=negative,
+            top=top,
+            rank_by=rank_by,
+            examples=examples,
+            max_documents=max_documents,
+            context_size=context_size,
+            batch_size=batch_size,
+            text_field=text_field,
+            features=features,
+            model=model,
+            hook=hook,
+            device=device,
+            dtype=dtype,
+        )
+    )
+    _print(report, json_output, contrast_table)

@@ -1,0 +1,110 @@
+"""The `saelab train` options, shared by `saelab train` and `saelab sweep`, and their resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from saelab.train.pipeline import CONFIG_FILE
+from saelab.train.run_config import RunConfig, read_config_file, resolve_run_config
+
+Model = Annotated[
+    str | None, typer.Option(help="Model: gemma-3-270m, a local dir, a .gguf file or a hub id.")
+]
+Hook = Annotated[
+    list[str] | None,
+    typer.Option(help="Hook point (TransformerLens name); repeat for several hooks."),
+]
+Corpus = Annotated[
+    str | None, typer.Option(help="Corpus: python-stdlib, local files or a datasets name.")
+]
+Cache = Annotated[
+    str | None,
+    typer.Option(help="Train from an activation cache folder instead of running the model."),
+]
+Arch = Annotated[
+    str | None,
+    typer.Option(help="Architecture(s), comma-separated: jumprelu, topk, batchtopk, gated, relu."),
+]
+Width = Annotated[int | None, typer.Option(help="Latents per SAE (default 16 × d_in).")]
+Tokens = Annotated[
+    int | None, typer.Option(help="Training tokens (the budget shared by every SAE).")
+]
+BatchSize = Annotated[int | None, typer.Option(help="Tokens per optimizer step.")]
+Lr = Annotated[
+    float | None, typer.Option(help="Learning rate (default: the architecture's recipe).")
+]
+Sparsity = Annotated[
+    str | None,
+    typer.Option(
+        help="Sparsity coefficient(s) λ, comma-separated, for jumprelu, gated and relu; "
+        "per architecture as ARCH:λ items, e.g. jumprelu:0.001,jumprelu:0.01,gated:0.3."
+    ),
+]
+K = Annotated[str | None, typer.Option(help="k value(s) for topk/batchtopk, comma-separated.")]
+Bandwidth = Annotated[float | None, typer.Option(help="JumpReLU kernel bandwidth ε (SPEC §2.4).")]
+Seed = Annotated[int | None, typer.Option(help="Seed of initialisation and data order.")]
+Device = Annotated[str | None, typer.Option(help="Torch device (cpu, cuda, cuda:1).")]
+ModelDtype = Annotated[str | None, typer.Option(help="Dtype the LM runs in.")]
+ContextSize = Annotated[int | None, typer.Option(help="Tokens per packed context (BOS included).")]
+CheckpointEvery = Annotated[int | None, typer.Option(help="Steps between checkpoints.")]
+Logger = Annotated[
+    list[str] | None,
+    typer.Option(help="Extra logger: tensorboard or wandb (offline); repeatable."),
+]
+MaxMemoryGb = Annotated[
+    float | None, typer.Option(help="Memory the sweep may use (default: what is free).")
+]
+Out = Annotated[str | None, typer.Option(help="Run directory to create.")]
+Config = Annotated[
+    Path | None, typer.Option(help="YAML or TOML run config; flags override its values.")
+]
+Resume = Annotated[
+    Path | None,
+    typer.Option(help="Continue the run in this directory from its last checkpoint."),
+]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+
+
+def _floats(text: str | None) -> list[float] | None:
+    return None if text is None else [float(v) for v in text.split(",") if v.strip()]
+
+
+def _sparsity(text: str | None) -> list[float] | dict[str, list[float]] | None:
+    """ "0.001,0.01" → a shared list; "jumprelu:0.001,gated:0.3" → a per-architecture map."""
+    if text is None or ":" not in text:
+        return _floats(text)
+    per_arch: dict[str, list[float]] = {}
+    for item in filter(str.strip, text.split(",")):
+        arch, sep, value = item.partition(":")
+        if not sep:
+            raise typer.BadParameter(f"mix of ARCH:λ and plain λ items in --sparsity {text!r}")
+        per_arch.setdefault(arch.strip(), []).append(float(value))
+    return per_arch
+
+
+def _ints(text: str | None) -> list[int] | None:
+    return None if text is None else [int(v) for v in text.split(",") if v.strip()]
+
+
+def run_config_from_flags(*, resume: Path | None, config: Path | None, **flags: Any) -> RunConfig:
+    """The RunConfig of `--resume DIR` (its config.yaml), else of --config FILE + the flags."""
+    if resume is not None:
+        cfg = RunConfig.from_dict(read_config_file(resume / CONFIG_FILE), str(resume / CONFIG_FILE))
+        cfg.out = str(resume)
+        cfg.validate()
+        return cfg
+    f = flags
+    bandwidth = f["bandwidth"]
+    arch_options = {"jumprelu": {"bandwidth": bandwidth}} if bandwidth is not None else None
+    return resolve_run_config(config, {
+        "model": f["model"], "hooks": f["hook"] or None, "corpus": f["corpus"],
+        "cache": f["cache"], "archs": f["arch"].split(",") if f["arch"] else None,
+        "width": f["width"], "tokens": f["tokens"], "batch_size": f["batch_size"], "lr": f["lr"],
+        "sparsity": _sparsity(f["sparsity"]), "k": _ints(f["k"]), "arch_options": arch_options,
+        "seed": f["seed"], "device": f["device"], "model_dtype": f["model_dtype"],
+        "context_size": f["context_size"], "checkpoint_every": f["checkpoint_every"],
+        "loggers": f["logger"] or None, "max_memory_gb": f["max_memory_gb"], "out": f["out"],
+    })  # fmt: skip
