@@ -181,6 +181,5 @@ def explain_command(
     if json_output:
         typer.echo(json.dumps(summary))
     else:
-        console = Console()
-        console.print(_table(summary))
-        console.print(_totals(summary), highlight=False)
+        Console().print(_table(summary))
+        typer.echo(_totals(summary))

@@ -130,8 +130,9 @@ class Autointerp:
         if result.value is None:
             return outcome
         pending = [kind for kind in cfg.scorers if kind not in done]
+        own = {tuple(e["tokens"]) for e in examples}
         fresh = await asyncio.gather(
-            *(self._score(kind, latent, result.value, held_out) for kind in pending),
+            *(self._score(kind, latent, result.value, held_out, own) for kind in pending),
             return_exceptions=True,
         )
         for scored in fresh:
@@ -145,16 +146,21 @@ class Autointerp:
         return outcome
 
     async def _score(
-        self, kind: str, latent: int, explanation: str, held_out: Sequence[dict]
+        self,
+        kind: str,
+        latent: int,
+        explanation: str,
+        held_out: Sequence[dict],
+        own: set[tuple[str, ...]],
     ) -> StageResult:
-        """One scorer on a sample of held-out examples (seeded by seed, latent and scorer)."""
+        """One scorer on a sample of held-out examples (seeded by seed, latent and scorer);
+        detection's non-activating contexts are other latents' examples not in `own`."""
         cfg = self.config
         rng = random.Random(f"{cfg.seed}:{latent}:{kind}")
         if kind == "fuzzing":
             sample = rng.sample(list(held_out), min(cfg.fuzzing_examples, len(held_out)))
             return await score_fuzzing(self.backend, explanation, sample, rng, cfg.max_marks)
         sample = rng.sample(list(held_out), min(cfg.detection_examples, len(held_out)))
-        own = {tuple(e["tokens"]) for e in held_out}
         negatives = self.store.other_contexts(latent, own, len(sample), rng)
         if not negatives:
             return StageResult(

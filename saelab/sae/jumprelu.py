@@ -140,8 +140,9 @@ class JumpReLUSAE(SAE):
         x2 = x.reshape(-1, x.shape[-1]).to(self.W_dec.dtype)
         sae_in, b_dec = self.sparse_sae_input(x2)
         pre = dense_pre_acts(sae_in, self.W_enc, self.b_enc)
-        pattern = SparsePattern.from_mask(jumprelu_window(pre, theta, cfg.bandwidth))
-        if kernel_options().mode == "sparse" or use_sparse(pattern.nnz / pre.numel()):
+        window = jumprelu_window(pre, theta, cfg.bandwidth)
+        if kernel_options().mode == "sparse" or use_sparse(float(window.sum()) / window.numel()):
+            pattern = SparsePattern.from_mask(window)
             z = sparse_pre_acts(sae_in, self.W_enc, self.b_enc, pre, pattern, b_dec)
             theta_j = theta[pattern.cols]
             values = JumpReLUFunction.apply(z, theta_j, cfg.bandwidth)

@@ -4,7 +4,8 @@ It answers deterministically from the prompt, like a perfectly literal LLM:
 - explain: 'Explanation: the token "X".' with X the most often marked <<token>>;
 - detection: the excerpts containing the word X (from the prompt's explanation);
 - fuzzing: the excerpts whose marked tokens include X.
-It can fail the next N requests with an HTTP status, answer malformed text, answer slowly,
+It can fail the next N requests with an HTTP status, answer malformed text or a body that is
+not JSON, answer slowly,
 require an API key, or shut itself down after N answers ("server down"). It stops itself after
 `lifetime` seconds at the latest.
 """
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 MARK = re.compile(r"<<(.*?)>>")
@@ -75,6 +76,7 @@ class FakeLLM:
     malformed: set[str] = field(default_factory=set)
     api_key: str | None = None
     shutdown_after: int | None = None
+    garbage_body: bool = False
     log: list[Logged] = field(default_factory=list)
     max_in_flight: int = 0
 
@@ -123,7 +125,7 @@ class FakeLLM:
         """Successful answers of one kind."""
         return [entry for entry in self.log if entry.kind == kind and entry.status == 200]
 
-    async def _chat(self, request: Request) -> JSONResponse:
+    async def _chat(self, request: Request) -> JSONResponse | PlainTextResponse:
         body = await request.json()
         messages = body["messages"]
         kind, user = kind_of(messages[0]["content"]), messages[-1]["content"]
@@ -142,6 +144,9 @@ class FakeLLM:
                 self.log.append(Logged(kind, user, status, None))
                 headers = {"Retry-After": retry_after} if retry_after is not None else None
                 return JSONResponse({"error": {"message": "busy"}}, status, headers=headers)
+            if self.garbage_body:
+                self.log.append(Logged(kind, user, 200, None))
+                return PlainTextResponse("<html>gateway says hi</html>")
             reply = "I am not sure what you mean." if kind in self.malformed else answer(kind, user)
             prompt_tokens = sum(len(m["content"].split()) for m in messages)
             entry = Logged(kind, user, 200, reply, prompt_tokens, len(reply.split()))

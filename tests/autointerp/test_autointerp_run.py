@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import N_LATENTS
 from fake_llm import MARK, FakeLLM
+from synthetic_db import N_LATENTS
 
 from saelab.analysis.database import FeatureDB
 from saelab.autointerp.client import OpenAIBackend
@@ -37,7 +37,9 @@ def latent_of(user: str) -> int:
 def fuzzing_reference(user: str, latent: int) -> float:
     """Balanced accuracy recomputed from the prompt: an excerpt is correctly marked when its
     mark is the latent's activating word (w or z), and the literal LLM picks marks equal to w."""
-    marks = [MARK.findall(line)[0].strip() for line in user.splitlines() if re.match(r"\d+\. ", line)]
+    marks = [
+        MARK.findall(line)[0].strip() for line in user.splitlines() if re.match(r"\d+\. ", line)
+    ]
     truth = np.array([m in (f"w{latent}", f"z{latent}") for m in marks])
     picked = np.array([m == f"w{latent}" for m in marks])
     tpr = (picked & truth).sum() / truth.sum()
@@ -75,7 +77,9 @@ def test_explains_and_scores_every_latent(features_db: Path, fake_llm) -> None:
     assert usage["requests"] == len(ok) == 3 * len(LIVE)
     assert usage["prompt_tokens"] == sum(e.prompt_tokens for e in ok)
     assert usage["completion_tokens"] == sum(e.completion_tokens for e in ok)
-    assert usage["cost"] == pytest.approx((usage["prompt_tokens"] + 2 * usage["completion_tokens"]) / 1000)
+    assert usage["cost"] == pytest.approx(
+        (usage["prompt_tokens"] + 2 * usage["completion_tokens"]) / 1000
+    )
     assert sum(r["prompt_tokens"] for r in rows) == usage["prompt_tokens"]
     assert summary["mean_detection"] == pytest.approx(0.8)
     assert 1 < server.max_in_flight <= 3
@@ -155,6 +159,13 @@ def test_malformed_scores_are_recorded_unparsed(features_db: Path, fake_llm) -> 
     assert parsed == {"explanation": 1, "detection": 0, "fuzzing": 1}
 
 
+def test_garbage_bodies_are_recorded_as_errors_not_crashes(features_db: Path, fake_llm) -> None:
+    server = fake_llm(garbage_body=True)
+    summary = run_autointerp(features_db, [0, 1], backend(server.base_url), CONFIG)
+    assert summary["error"] == 2 and "not a chat completion" in summary["results"][0]["errors"][0]
+    assert [r["error"] is not None for r in autointerp_rows(features_db)] == [True, True]
+
+
 def test_server_down_keeps_finished_work_and_rerun_continues(
     features_db: Path, fake_llm, dead_url: str
 ) -> None:
@@ -163,25 +174,26 @@ def test_server_down_keeps_finished_work_and_rerun_continues(
     assert "Rerun the same command" in str(caught.value) and dead_url in str(caught.value)
     assert caught.value.summary["finished"] == 0 and not autointerp_rows(features_db)
 
-    server = fake_llm(shutdown_after=7)  # dies in the middle of the third latent
+    server = fake_llm(shutdown_after=7)  # stops after latent 2's explanation
     with pytest.raises(AutointerpAborted) as caught:
         run_autointerp(features_db, LIVE, backend(server.base_url, concurrency=1), CONFIG)
-    finished = caught.value.summary["finished"]
-    assert finished == 2
+    answered = [e for e in server.log if e.status == 200]
+    assert len(answered) >= 7  # (uvicorn may serve one more before it notices should_exit)
+    assert caught.value.summary["finished"] == len(answered) // 3 < len(LIVE)
     rows = autointerp_rows(features_db)
-    assert len(rows) == 7  # every answer that arrived is kept
+    assert [(r["kind"], r["raw"]) for r in rows] == [(e.kind, e.reply) for e in answered]
     with FeatureDB(features_db) as db:
         assert [db.latent(i)["explanation"] is not None for i in LIVE] == [True] * 3 + [False] * 3
         assert db.latent(1)["score_fuzzing"] is not None
 
     again = fake_llm()
     summary = run_autointerp(features_db, LIVE, backend(again.base_url), CONFIG)
-    assert summary["done"] == len(LIVE) and summary["skipped"] == 2
-    assert len(again.log) == 3 * len(LIVE) - 7  # only the missing answers were asked for
+    assert summary["done"] == len(LIVE) and summary["skipped"] == len(answered) // 3
+    assert len(again.log) == 3 * len(LIVE) - len(answered)  # only missing answers were asked
     assert len(again.replies("explanation")) == len(LIVE) - 3
 
 
-def test_server_process_like_lifetime_is_bounded() -> None:
+def test_fake_server_lifetime_is_bounded() -> None:
     server = FakeLLM(lifetime=0.5).start()
     server._thread.join(timeout=5)
     assert not server._thread.is_alive()

@@ -35,7 +35,9 @@ def test_reply_text_and_usage_come_from_the_response(fake_llm) -> None:
     assert reply.text == 'Explanation: the token "cat".' == logged.reply
     assert (reply.prompt_tokens, reply.completion_tokens) == (logged.prompt_tokens, 4)
     assert backend.usage.requests == 1 and backend.usage.prompt_tokens == logged.prompt_tokens
-    assert backend.usage.cost(2.0, 10.0) == pytest.approx((logged.prompt_tokens * 2 + 4 * 10) / 1000)
+    assert backend.usage.cost(2.0, 10.0) == pytest.approx(
+        (logged.prompt_tokens * 2 + 4 * 10) / 1000
+    )
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])
@@ -70,6 +72,12 @@ def test_retries_exhausted_raise_llm_error(fake_llm) -> None:
     assert len(server.log) == 3 and backend.usage.failures == 1
 
 
+def test_a_body_that_is_not_a_chat_completion_is_an_error(fake_llm) -> None:
+    server = fake_llm(garbage_body=True)
+    with pytest.raises(LLMError, match=r"not a chat completion.*gateway says hi"):
+        complete(OpenAIBackend(server.base_url, "fake", backoff=0.01))
+
+
 def test_client_errors_are_not_retried(fake_llm) -> None:
     server = fake_llm()
     server.fail(400, 1)
@@ -80,7 +88,7 @@ def test_client_errors_are_not_retried(fake_llm) -> None:
 
 def test_rejected_key_is_fatal_and_names_the_problem(fake_llm) -> None:
     server = fake_llm(api_key="secret")
-    with pytest.raises(LLMUnavailable, match="401.*API key"):
+    with pytest.raises(LLMUnavailable, match=r"401.*API key"):
         complete(OpenAIBackend(server.base_url, "fake", api_key="wrong", backoff=0.01))
     assert len(server.log) == 1
     reply = complete(OpenAIBackend(server.base_url, "fake", api_key="secret"))
