@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from saelab import cli_common as c
+
 app = typer.Typer(
     help="saelab: train, evaluate and interpret sparse autoencoders on LM activations.",
     no_args_is_help=True,
@@ -55,7 +57,7 @@ def cache(
     context_size: Annotated[
         int, typer.Option(help="Tokens per packed context, BOS included.")
     ] = 128,
-    batch_size: Annotated[int, typer.Option(help="Contexts per LM forward pass.")] = 8,
+    batch_size: c.BatchSize = 8,
     shard_tokens: Annotated[int, typer.Option(help="Token positions per shard file.")] = 65536,
     device: Annotated[
         str | None,
@@ -64,9 +66,7 @@ def cache(
     dtype: Annotated[
         str, typer.Option(help="Storage dtype of the activations: float32, float16 or bfloat16.")
     ] = "float32",
-    model_dtype: Annotated[
-        str, typer.Option(help="Dtype the LM runs in: float32, float16 or bfloat16.")
-    ] = "float32",
+    model_dtype: c.LmDtype = "float32",
     seed: Annotated[int, typer.Option(help="Seed of the document order.")] = 0,
     split: Annotated[
         str, typer.Option(help="Document split: train, heldout (for evaluation) or all.")
@@ -77,20 +77,16 @@ def cache(
     include_special_tokens: Annotated[
         bool, typer.Option(help="Also cache BOS/EOS/pad positions (excluded by default).")
     ] = False,
-    text_field: Annotated[
-        str, typer.Option(help="Text column of .jsonl/.parquet/datasets corpora.")
-    ] = "text",
+    text_field: c.TextField = "text",
     dataset_split: Annotated[
         str, typer.Option(help="Split of a datasets corpus to read.")
     ] = "train",
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
-    ] = False,
+    json_output: c.JsonSummary = False,
 ) -> None:
     """Run an LM over a corpus and write hook activations to a sharded, checksummed disk cache."""
     from saelab.data.cache_command import run_cache_command
 
-    try:
+    with c.exit_on(*c.INPUT_ERRORS):
         summary = run_cache_command(
             model=model, hooks=hook, corpus=corpus, tokens=tokens, out=out,
             context_size=context_size, batch_size=batch_size, shard_tokens=shard_tokens,
@@ -98,9 +94,6 @@ def cache(
             include_special_tokens=include_special_tokens, text_field=text_field,
             dataset_split=dataset_split, heldout_fraction=heldout_fraction,
         )  # fmt: skip
-    except (LookupError, ValueError, ModuleNotFoundError) as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(1) from error
     if json_output:
         typer.echo(json.dumps(summary))
     else:
@@ -119,29 +112,18 @@ def eval_command(
             "or a Gemma Scope params.npz."
         ),
     ],
-    model: Annotated[
-        str | None, typer.Option(help="Model (default: the SAE's recorded model_name).")
-    ] = None,
-    hook: Annotated[
-        str | None, typer.Option(help="Hook point (default: the SAE's recorded hook_name).")
-    ] = None,
+    model: c.SaeModel = None,
+    hook: c.SaeHook = None,
     corpus: Annotated[
         str, typer.Option(help="Corpus whose held-out split is evaluated (as in `cache`).")
     ] = "python-stdlib",
     tokens: Annotated[
         int, typer.Option(help="Evaluation tokens (BOS/EOS/pad not counted).")
     ] = 8192,
-    batch_size: Annotated[int, typer.Option(help="Contexts per LM forward pass.")] = 8,
-    context_size: Annotated[
-        int | None,
-        typer.Option(help="Tokens per context, BOS included (default: the SAE's, else 128)."),
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="Torch device (default: cuda if available, else cpu).")
-    ] = None,
-    dtype: Annotated[
-        str, typer.Option(help="Dtype the LM runs in: float32, float16 or bfloat16.")
-    ] = "float32",
+    batch_size: c.BatchSize = 8,
+    context_size: c.SaeContextSize = None,
+    device: c.Device = None,
+    dtype: c.LmDtype = "float32",
     seed: Annotated[int, typer.Option(help="Seed of the held-out document order.")] = 0,
     out: Annotated[
         Path | None,
@@ -157,15 +139,12 @@ def eval_command(
     from saelab.evals.command import run_eval_command
     from saelab.evals.report import report_table
 
-    try:
+    with c.exit_on(*c.INPUT_ERRORS):
         report, written = run_eval_command(
             path=path, model=model, hook=hook, corpus=corpus, tokens=tokens,
             batch_size=batch_size, context_size=context_size, device=device, dtype=dtype,
             seed=seed, out=out,
         )  # fmt: skip
-    except (LookupError, ValueError, ModuleNotFoundError) as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(1) from error
     if report["n_tokens"] < tokens:
         typer.echo(f"Warning: the held-out split had only {report['n_tokens']:,} tokens.", err=True)
     if json_output:

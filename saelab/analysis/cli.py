@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from saelab import cli_common as c
+
 RunArg = Annotated[
     Path,
     typer.Argument(
@@ -21,23 +23,16 @@ def analyze_command(
     tokens: Annotated[
         int, typer.Option(help="Held-out tokens to stream (BOS/EOS/pad not counted).")
     ] = 16384,
-    model: Annotated[
-        str | None, typer.Option(help="Model (default: the SAE's recorded model_name).")
-    ] = None,
-    hook: Annotated[
-        str | None, typer.Option(help="Hook point (default: the SAE's recorded hook_name).")
-    ] = None,
+    model: c.SaeModel = None,
+    hook: c.SaeHook = None,
     corpus: Annotated[
         str | None,
         typer.Option(
             help="Corpus whose held-out split is read (default: the run's, else python-stdlib)."
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Contexts per LM forward pass.")] = 8,
-    context_size: Annotated[
-        int | None,
-        typer.Option(help="Tokens per context, BOS included (default: the SAE's, else 128)."),
-    ] = None,
+    batch_size: c.BatchSize = 8,
+    context_size: c.SaeContextSize = None,
     top_k: Annotated[int, typer.Option(help="Top activating examples kept per latent.")] = 20,
     window: Annotated[
         int, typer.Option(help="Context tokens kept on each side of an example's max token.")
@@ -53,24 +48,18 @@ def analyze_command(
         int, typer.Option(help="Also plot histogram PNGs of this many most frequent latents.")
     ] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the document order and the reservoirs.")] = 0,
-    device: Annotated[
-        str | None, typer.Option(help="Torch device (default: cuda if available, else cpu).")
-    ] = None,
-    dtype: Annotated[
-        str, typer.Option(help="Dtype the LM runs in: float32, float16 or bfloat16.")
-    ] = "float32",
+    device: c.Device = None,
+    dtype: c.LmDtype = "float32",
     out: Annotated[
         Path | None, typer.Option(help="Database path (default: RUN/features.sqlite).")
     ] = None,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
-    ] = False,
+    json_output: c.JsonSummary = False,
 ) -> None:
     """Feature stats, top/quantile examples, logit lens, neighbours → features.sqlite + figures."""
     from saelab.analysis.accumulator import AnalysisConfig
     from saelab.analysis.command import run_analyze_command
 
-    try:
+    with c.exit_on(*c.INPUT_ERRORS):
         config = AnalysisConfig(
             top_k=top_k, reservoir=reservoir, quantiles=quantiles, per_quantile=per_quantile,
             window=window, seed=seed,
@@ -80,9 +69,6 @@ def analyze_command(
             batch_size=batch_size, context_size=context_size, device=device, dtype=dtype,
             out=out, config=config, histograms=histograms,
         )  # fmt: skip
-    except (LookupError, ValueError, ModuleNotFoundError) as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(1) from error
     if json_output:
         typer.echo(json.dumps(summary))
     else:
@@ -105,21 +91,15 @@ def neuronpedia_command(
             help="Neuronpedia source/layer id (default: from the hook, e.g. 6-saelab-res)."
         ),
     ] = None,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
-    ] = False,
+    json_output: c.JsonSummary = False,
 ) -> None:
     """Export features.sqlite in Neuronpedia's feature/activation JSON-lines format."""
     from saelab.analysis.database import FeatureDB
     from saelab.analysis.neuronpedia import export_neuronpedia
     from saelab.explorer.run import database_path
 
-    try:
-        with FeatureDB(database_path(path)) as db:
-            summary = export_neuronpedia(db, out, model_id, source_id)
-    except ValueError as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(1) from error
+    with c.exit_on(ValueError), FeatureDB(database_path(path)) as db:
+        summary = export_neuronpedia(db, out, model_id, source_id)
     summary = {
         key: str(value) if isinstance(value, Path) else value for key, value in summary.items()
     }

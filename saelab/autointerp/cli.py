@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from saelab import cli_common as c
 from saelab.autointerp.selection import SPEC_HELP
 
 
@@ -120,9 +121,7 @@ def explain_command(
     device: Annotated[
         str | None, typer.Option(help="Torch device of the transformers backend.")
     ] = None,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
-    ] = False,
+    json_output: c.JsonSummary = False,
 ) -> None:
     """Explain latents with an LLM and score the explanations (detection, fuzzing) → features.sqlite."""
     from rich.console import Console
@@ -144,7 +143,7 @@ def explain_command(
     prices = None
     if price_per_1k_prompt is not None or price_per_1k_completion is not None:
         prices = (price_per_1k_prompt or 0.0, price_per_1k_completion or 0.0)
-    try:
+    with c.exit_on(LookupError, ValueError, OSError, LLMError):
         db_path = database_path(run)
         with FeatureDB(db_path) as db:
             chosen = parse_latents(latents, db)
@@ -158,9 +157,6 @@ def explain_command(
             concurrency=concurrency, max_retries=max_retries, timeout=timeout, backoff=backoff,
             device=device,
         )  # fmt: skip
-    except (LookupError, ValueError, OSError, LLMError) as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(1) from error
     bar = Progress(
         TextColumn("explaining"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=Console(stderr=True),
@@ -174,10 +170,10 @@ def explain_command(
             )  # fmt: skip
         except AutointerpAborted as error:
             bar.stop()
-            typer.echo(f"Error: {error}", err=True)
+            stop = c.fail(error)
             if json_output:
                 typer.echo(json.dumps({**error.summary, "aborted": str(error)}))
-            raise typer.Exit(1) from error
+            raise stop from error
     if json_output:
         typer.echo(json.dumps(summary))
     else:

@@ -4,35 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from saelab.train import cli_options as o
 
 
+@o.with_train_flags
 def sweep_command(
-    model: o.Model = None,
-    hook: o.Hook = None,
-    corpus: o.Corpus = None,
-    cache: o.Cache = None,
-    arch: o.Arch = None,
-    width: o.Width = None,
-    tokens: o.Tokens = None,
-    batch_size: o.BatchSize = None,
-    lr: o.Lr = None,
-    sparsity: o.Sparsity = None,
-    k: o.K = None,
-    bandwidth: o.Bandwidth = None,
-    seed: o.Seed = None,
-    device: o.Device = None,
-    model_dtype: o.ModelDtype = None,
-    context_size: o.ContextSize = None,
-    checkpoint_every: o.CheckpointEvery = None,
-    logger: o.Logger = None,
-    max_memory_gb: o.MaxMemoryGb = None,
-    out: o.Out = None,
-    config: o.Config = None,
+    flags: dict[str, Any],
     resume: Annotated[
         Path | None,
         typer.Option(
@@ -87,16 +68,9 @@ def sweep_command(
         "tokens": eval_tokens, "corpus": eval_corpus, "batch_size": eval_batch_size,
         "context_size": eval_context_size,
     }  # fmt: skip
-    run_dir = resume or out
+    run_dir = resume or flags["out"]
     try:
-        cfg = o.run_config_from_flags(
-            resume=resume, config=config, model=model, hook=hook, corpus=corpus, cache=cache,
-            arch=arch, width=width, tokens=tokens, batch_size=batch_size, lr=lr,
-            sparsity=sparsity, k=k, bandwidth=bandwidth, seed=seed, device=device,
-            model_dtype=model_dtype, context_size=context_size,
-            checkpoint_every=checkpoint_every, logger=logger, max_memory_gb=max_memory_gb,
-            out=out,
-        )  # fmt: skip
+        cfg = o.run_config_from_flags(resume=resume, **flags)
         run_dir = cfg.out
         result = run_sweep(cfg, eval_options, resume=resume is not None, log=log)
     except (TrainingInterrupted, KeyboardInterrupt):

@@ -34,9 +34,12 @@ def default_output(path: Path) -> Path:
 
 
 def resolve_provenance(
-    sae: SAE, path: Path, model: str | None, hook: str | None
+    sae: SAE, path: Path, model: str | None, hook: str | None, doing: str | None = None
 ) -> tuple[str, str]:
-    """(model, hook): the flags, else the SAE's recorded model_name / hook_name."""
+    """(model, hook): the flags, else the SAE's recorded model_name / hook_name.
+
+    `doing` names the task in the error (default: "evaluate PATH").
+    """
     model = model or sae.cfg.model_name
     hook = hook or sae.cfg.hook_name
     missing = [
@@ -45,7 +48,7 @@ def resolve_provenance(
         if not value
     ]
     if missing:
-        raise ValueError(f"Cannot evaluate {path}: pass {' and '.join(missing)}.")
+        raise ValueError(f"Cannot {doing or f'evaluate {path}'}: pass {' and '.join(missing)}.")
     return model, hook
 
 

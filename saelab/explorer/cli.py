@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from saelab import cli_common as c
 from saelab.explorer.server import DEFAULT_HOST, DEFAULT_PORT
 
 RunArg = Annotated[
@@ -21,22 +22,16 @@ RunArg = Annotated[
 def dashboard_command(
     path: RunArg,
     out: Annotated[Path, typer.Option(help="Folder for the site (index.html + latents/).")],
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
-    ] = False,
+    json_output: c.JsonSummary = False,
 ) -> None:
     """Static, self-contained HTML dashboard (works from file://, no network)."""
     from saelab.analysis.database import FeatureDB
     from saelab.explorer.run import database_path
     from saelab.explorer.static_site import build_dashboard
 
-    try:
-        with FeatureDB(database_path(path)) as db:
-            index = build_dashboard(db, out)
-            n = db.count()
-    except ValueError as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(1) from error
+    with c.exit_on(ValueError), FeatureDB(database_path(path)) as db:
+        index = build_dashboard(db, out)
+        n = db.count()
     if json_output:
         typer.echo(json.dumps({"index": str(index), "latents": n}))
     else:
@@ -64,10 +59,7 @@ def serve_command(
     from saelab.explorer.run import database_path
     from saelab.explorer.server import serve
 
-    try:
+    with c.exit_on(ValueError):
         app = create_app(database_path(path), model=model, hook=hook, sae_path=sae, device=device)
-    except ValueError as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(1) from error
     typer.echo(f"saelab explorer on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
     serve(app, host, port)

@@ -5,9 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from saelab import cli_common as c
+from saelab.cli_common import Device, LmDtype, SaeHook, SaeModel
+
+if TYPE_CHECKING:
+    from saelab.interventions.commands import Target
 
 RunOrSAE = Annotated[
     Path,
@@ -21,10 +27,6 @@ Latents = Annotated[
     list[int], typer.Option("--latent", help="Latent index to edit; repeat for several.")
 ]
 Prompt = Annotated[str, typer.Option(help="Prompt text (BOS is prepended).")]
-Model = Annotated[str | None, typer.Option(help="Model (default: the SAE's recorded model_name).")]
-Hook = Annotated[
-    str | None, typer.Option(help="Hook point (default: the SAE's recorded hook_name).")
-]
 MaxNewTokens = Annotated[int, typer.Option(help="Tokens to generate per continuation.")]
 FromPosition = Annotated[
     int | None,
@@ -39,28 +41,23 @@ Features = Annotated[
         help="features.sqlite with latent explanations (default: the run's, if it exists)."
     ),
 ]
-Device = Annotated[
-    str | None, typer.Option(help="Torch device (default: cuda if available, else cpu).")
-]
-Dtype = Annotated[str, typer.Option(help="Dtype the LM runs in: float32, float16 or bfloat16.")]
 JsonOutput = Annotated[
     bool, typer.Option("--json", help="Print the result as JSON on stdout instead of a table.")
 ]
 
 
-def _run(compute: Callable[[], Any]) -> Any:
-    """compute(), turning bad-input errors into a one-line message and exit status 1."""
-    try:
-        return compute()
-    except (LookupError, ValueError, ModuleNotFoundError, OSError) as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(1) from error
-
-
-def _print(result: Any, as_json: bool, table: Callable[[Any], Any]) -> None:
-    """JSON on stdout, or a rich table."""
+def _report(
+    run: Callable[..., Any],
+    target: Target,
+    table: Callable[[Any], Any],
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Print run(target, **options) as JSON or a rich table; bad input → `Error: …`, exit 1."""
+    with c.exit_on(*c.INPUT_ERRORS, OSError):
+        result = run(target, **options)
     if as_json:
-        typer.echo(json.dumps(result))
+        typer.echo(json.dumps(result.to_dict() if hasattr(result, "to_dict") else result))
         return
     from rich.console import Console
 
@@ -103,36 +100,25 @@ def steer_command(
         bool, typer.Option(help="Sample (temperature 1) instead of greedy decoding.")
     ] = False,
     seed: Annotated[int, typer.Option(help="Torch seed before each generation.")] = 0,
-    model: Model = None,
-    hook: Hook = None,
+    model: SaeModel = None,
+    hook: SaeHook = None,
     device: Device = None,
-    dtype: Dtype = "float32",
+    dtype: LmDtype = "float32",
     json_output: JsonOutput = False,
 ) -> None:
     """Generate from a prompt with and without steering SAE latents; show both side by side."""
-    from saelab.interventions.commands import run_steer
+    from saelab.interventions.commands import Target, run_steer
     from saelab.interventions.render import steering_table
 
     if mode not in ("add", "clamp"):
         raise typer.BadParameter(f"{mode!r}; valid: add, clamp", param_hint="--mode")
     latents = _strengths(latent, strength)
-    result = _run(
-        lambda: run_steer(
-            path,
-            latents=latents,
-            prompt=prompt,
-            mode=mode,
-            model=model,
-            hook=hook,
-            max_new_tokens=max_new_tokens,
-            from_position=from_position,
-            seed=seed,
-            sample=sample,
-            device=device,
-            dtype=dtype,
-        )
-    )
-    _print(result.to_dict() if json_output else result, json_output, steering_table)
+    target = Target(path, model, hook, device, dtype)
+    _report(
+        run_steer, target, steering_table, json_output, latents=latents, prompt=prompt,
+        mode=mode, max_new_tokens=max_new_tokens, from_position=from_position, seed=seed,
+        sample=sample,
+    )  # fmt: skip
 
 
 def ablate_command(
@@ -141,31 +127,21 @@ def ablate_command(
     prompt: Prompt,
     max_new_tokens: MaxNewTokens = 32,
     from_position: FromPosition = None,
-    model: Model = None,
-    hook: Hook = None,
+    model: SaeModel = None,
+    hook: SaeHook = None,
     device: Device = None,
-    dtype: Dtype = "float32",
+    dtype: LmDtype = "float32",
     json_output: JsonOutput = False,
 ) -> None:
     """Generate with and without zeroing SAE latents (reconstruction error kept); side by side."""
-    from saelab.interventions.commands import run_steer
+    from saelab.interventions.commands import Target, run_steer
     from saelab.interventions.render import steering_table
 
-    result = _run(
-        lambda: run_steer(
-            path,
-            latents=dict.fromkeys(latent, 0.0),
-            prompt=prompt,
-            mode="ablate",
-            model=model,
-            hook=hook,
-            max_new_tokens=max_new_tokens,
-            from_position=from_position,
-            device=device,
-            dtype=dtype,
-        )
-    )
-    _print(result.to_dict() if json_output else result, json_output, steering_table)
+    target = Target(path, model, hook, device, dtype)
+    _report(
+        run_steer, target, steering_table, json_output, latents=dict.fromkeys(latent, 0.0),
+        prompt=prompt, mode="ablate", max_new_tokens=max_new_tokens, from_position=from_position,
+    )  # fmt: skip
 
 
 def prompt_command(
@@ -173,29 +149,18 @@ def prompt_command(
     prompt: Prompt,
     k: Annotated[int, typer.Option(help="Latents shown per token (only those that fire).")] = 5,
     features: Features = None,
-    model: Model = None,
-    hook: Hook = None,
+    model: SaeModel = None,
+    hook: SaeHook = None,
     device: Device = None,
-    dtype: Dtype = "float32",
+    dtype: LmDtype = "float32",
     json_output: JsonOutput = False,
 ) -> None:
     """Top SAE latents at each token of a prompt, with explanations when the run has them."""
-    from saelab.interventions.commands import run_prompt
+    from saelab.interventions.commands import Target, run_prompt
     from saelab.interventions.render import prompt_table
 
-    report = _run(
-        lambda: run_prompt(
-            path,
-            prompt=prompt,
-            k=k,
-            features=features,
-            model=model,
-            hook=hook,
-            device=device,
-            dtype=dtype,
-        )
-    )
-    _print(report, json_output, prompt_table)
+    target = Target(path, model, hook, device, dtype)
+    _report(run_prompt, target, prompt_table, json_output, prompt=prompt, k=k, features=features)
 
 
 def contrast_command(
@@ -222,14 +187,12 @@ def contrast_command(
         int, typer.Option(help="Tokens kept per document, BOS included.")
     ] = 128,
     batch_size: Annotated[int, typer.Option(help="Documents per LM forward pass.")] = 8,
-    text_field: Annotated[
-        str, typer.Option(help="Text column of .jsonl/.parquet/datasets corpora.")
-    ] = "text",
+    text_field: c.TextField = "text",
     features: Features = None,
-    model: Model = None,
-    hook: Hook = None,
+    model: SaeModel = None,
+    hook: SaeHook = None,
     device: Device = None,
-    dtype: Dtype = "float32",
+    dtype: LmDtype = "float32",
     json_output: JsonOutput = False,
 ) -> None:
     """Rank latents by how specifically they fire on --positive vs --negative documents.
@@ -237,29 +200,16 @@ def contrast_command(
     Per latent: AUROC and one-sided Mann–Whitney p-value (BH q-value) of the per-document
     max activation, firing frequencies, mean activations and their ratio, top examples.
     """
-    from saelab.interventions.commands import run_contrast
+    from saelab.interventions.commands import Target, run_contrast
     from saelab.interventions.render import contrast_table
 
     for name, value in (("--top", top), ("--max-documents", max_documents)):
         if value < 1:
             raise typer.BadParameter(f"must be ≥ 1, got {value}", param_hint=name)
-    report = _run(
-        lambda: run_contrast(
-            path,
-            positive=positive,
-            negative=negative,
-            top=top,
-            rank_by=rank_by,
-            examples=examples,
-            max_documents=max_documents,
-            context_size=context_size,
-            batch_size=batch_size,
-            text_field=text_field,
-            features=features,
-            model=model,
-            hook=hook,
-            device=device,
-            dtype=dtype,
-        )
-    )
-    _print(report, json_output, contrast_table)
+    target = Target(path, model, hook, device, dtype)
+    _report(
+        run_contrast, target, contrast_table, json_output, positive=positive, negative=negative,
+        top=top, rank_by=rank_by, examples=examples, max_documents=max_documents,
+        context_size=context_size, batch_size=batch_size, text_field=text_field,
+        features=features,
+    )  # fmt: skip

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from saelab.data.corpora import load_corpus
 from saelab.data.progress import token_progress
+from saelab.evals.command import resolve_provenance
 from saelab.formats.load import load_sae
 from saelab.interventions.contrast import RANK_BY, rank_contrast
 from saelab.interventions.documents import document_activations, tokenize_documents, top_examples
@@ -20,46 +23,51 @@ from saelab.lm.model import LanguageModel
 from saelab.sae import SAE
 
 
-def load_target(
-    path: Path, model: str | None, hook: str | None, device: str | None, dtype: str
-) -> tuple[SAE, LanguageModel, str]:
-    """(SAE, its model, hook name): model and hook default to the SAE's recorded provenance."""
-    sae = load_sae(path)
-    model = model or sae.cfg.model_name
-    hook = hook or sae.cfg.hook_name
-    missing = [
-        f"--{flag} (the SAE config records no {field})"
-        for flag, field, value in (("model", "model_name", model), ("hook", "hook_name", hook))
-        if not value
-    ]
-    if missing:
-        raise ValueError(f"Cannot run the SAE at {path} on a model: pass {' and '.join(missing)}.")
-    lm = load_model(model, device=device, dtype=dtype)
-    resolve_hook(lm.model, hook)
-    if lm.d_model != sae.cfg.d_in:
-        raise ValueError(
-            f"SAE d_in={sae.cfg.d_in} does not match the width {lm.d_model} of model {model!r}."
-        )
-    return sae.to(lm.device).eval(), lm, hook
+@dataclass(frozen=True)
+class Target:
+    """The SAE an intervention runs (a run, SAE directory or .npz) and where: model, hook, device."""
+
+    path: Path
+    model: str | None = None
+    hook: str | None = None
+    device: str | None = None
+    dtype: str = "float32"
+
+    def load(self) -> tuple[SAE, LanguageModel, str]:
+        """(SAE, its model, hook name): model and hook default to the SAE's recorded provenance."""
+        sae = load_sae(self.path)
+        doing = f"run the SAE at {self.path} on a model"
+        model, hook = resolve_provenance(sae, self.path, self.model, self.hook, doing)
+        lm = load_model(model, device=self.device, dtype=self.dtype)
+        resolve_hook(lm.model, hook)
+        if lm.d_model != sae.cfg.d_in:
+            raise ValueError(
+                f"SAE d_in={sae.cfg.d_in} does not match the width {lm.d_model} of model {model!r}."
+            )
+        return sae.to(lm.device).eval(), lm, hook
+
+
+def _explanations(
+    target: Target, features: Path | None, latents: Iterable[int]
+) -> tuple[Path | None, dict[int, str]]:
+    """(features.sqlite used, {latent: explanation}): --features, else the run's database."""
+    db = features or find_features_db(target.path)
+    return db, load_explanations(db, latents)
 
 
 def run_steer(
-    path: Path,
+    target: Target,
     *,
     latents: dict[int, float],
     prompt: str,
     mode: str,
-    model: str | None = None,
-    hook: str | None = None,
     max_new_tokens: int = 32,
     from_position: int | None = None,
     seed: int = 0,
     sample: bool = False,
-    device: str | None = None,
-    dtype: str = "float32",
 ) -> SteeringResult:
     """Load the SAE and model, then generate with and without the intervention."""
-    sae, lm, hook = load_target(path, model, hook, device, dtype)
+    sae, lm, hook = target.load()
     return steer(
         lm,
         sae,
@@ -75,21 +83,12 @@ def run_steer(
 
 
 def run_prompt(
-    path: Path,
-    *,
-    prompt: str,
-    k: int = 5,
-    features: Path | None = None,
-    model: str | None = None,
-    hook: str | None = None,
-    device: str | None = None,
-    dtype: str = "float32",
+    target: Target, *, prompt: str, k: int = 5, features: Path | None = None
 ) -> dict[str, Any]:
     """Top latents per token of a prompt, with explanations from features.sqlite when present."""
-    sae, lm, hook = load_target(path, model, hook, device, dtype)
+    sae, lm, hook = target.load()
     rows = top_latents_per_token(lm, sae, hook, prompt, k=k)
-    db = features or find_features_db(path)
-    explanations = load_explanations(db, (i for row in rows for i, _ in row.latents))
+    db, explanations = _explanations(target, features, (i for row in rows for i, _ in row.latents))
     for row in rows:
         row.explanations = {i: explanations[i] for i, _ in row.latents if i in explanations}
     return {
@@ -111,7 +110,7 @@ def read_texts(spec: str, limit: int, text_field: str) -> list[str]:
 
 
 def run_contrast(
-    path: Path,
+    target: Target,
     *,
     positive: str,
     negative: str,
@@ -123,10 +122,6 @@ def run_contrast(
     batch_size: int = 8,
     text_field: str = "text",
     features: Path | None = None,
-    model: str | None = None,
-    hook: str | None = None,
-    device: str | None = None,
-    dtype: str = "float32",
 ) -> dict[str, Any]:
     """Rank latents by specificity to the positive corpus (saelab.interventions.contrast)."""
     if rank_by not in RANK_BY:
@@ -135,7 +130,7 @@ def run_contrast(
         side: read_texts(spec, max_documents, text_field)
         for side, spec in (("positive", positive), ("negative", negative))
     }
-    sae, lm, hook = load_target(path, model, hook, device, dtype)
+    sae, lm, hook = target.load()
     tokens = {side: tokenize_documents(lm, docs, context_size) for side, docs in texts.items()}
     total = sum(len(ids) for docs in tokens.values() for ids in docs)
     done = 0
@@ -152,8 +147,7 @@ def run_contrast(
                 lm, sae, hook, ids, batch_size=batch_size, on_progress=advance
             )
     rows = rank_contrast(docs["positive"].maxima, docs["negative"].maxima, top=top, rank_by=rank_by)
-    db = features or find_features_db(path)
-    explanations = load_explanations(db, (row.latent for row in rows))
+    _, explanations = _explanations(target, features, (row.latent for row in rows))
     for row in rows:
         row.explanation = explanations.get(row.latent)
         row.examples = {

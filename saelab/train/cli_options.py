@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -66,6 +69,34 @@ Resume = Annotated[
     typer.Option(help="Continue the run in this directory from its last checkpoint."),
 ]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+
+TRAIN_FLAGS: dict[str, Any] = {
+    "model": Model, "hook": Hook, "corpus": Corpus, "cache": Cache, "arch": Arch, "width": Width,
+    "tokens": Tokens, "batch_size": BatchSize, "lr": Lr, "sparsity": Sparsity, "k": K,
+    "bandwidth": Bandwidth, "seed": Seed, "device": Device, "model_dtype": ModelDtype,
+    "context_size": ContextSize, "checkpoint_every": CheckpointEvery, "logger": Logger,
+    "max_memory_gb": MaxMemoryGb, "out": Out, "config": Config,
+}  # fmt: skip
+
+
+def with_train_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """`command` with the TRAIN_FLAGS options (default None) ahead of its own, for typer.
+
+    `saelab train` and `saelab sweep` share these; the command gets them as its first
+    argument, a dict for run_config_from_flags.
+    """
+    own = list(inspect.signature(command, eval_str=True).parameters.values())[1:]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=t)
+        for name, t in TRAIN_FLAGS.items()
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**options: Any) -> None:
+        command({name: options.pop(name) for name in TRAIN_FLAGS}, **options)
+
+    wrapper.__signature__ = inspect.Signature([*shared, *own])  # type: ignore[attr-defined]
+    return wrapper
 
 
 def _floats(text: str | None) -> list[float] | None:

@@ -21,6 +21,19 @@ def _invoke(*args: str):
     return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
 
 
+def _steer(run, latents, strengths, *options):
+    """`saelab steer RUN --latent … --strength … --prompt PROMPT OPTIONS`."""
+    repeated = [a for v in latents for a in ("--latent", v)]
+    repeated += [a for v in strengths for a in ("--strength", v)]
+    return _invoke("steer", run, *repeated, "--prompt", PROMPT, *options)
+
+
+def _contrast(run, *options):
+    """`saelab contrast RUN` on the example harmful vs benign documents."""
+    harmful, benign = EXAMPLES / "harmful.txt", EXAMPLES / "benign.txt"
+    return _invoke("contrast", run, "--positive", harmful, "--negative", benign, *options)
+
+
 @pytest.fixture(scope="module")
 def run(tiny_model, tmp_path_factory):
     """A run directory: sae/ (provenance: the tiny llama model) and a features.sqlite."""
@@ -44,81 +57,21 @@ def _json(result) -> dict:
 
 
 def test_steer_json_and_zero_strength(run):
-    base = _json(
-        _invoke(
-            "steer",
-            run,
-            "--latent",
-            3,
-            "--strength",
-            0,
-            "--prompt",
-            PROMPT,
-            "--max-new-tokens",
-            6,
-            "--json",
-        )
-    )
+    base = _json(_steer(run, [3], [0], "--max-new-tokens", 6, "--json"))
     assert base["baseline"] == base["steered"] and base["mode"] == "add"
     assert base["latents"] == {"3": 0.0} and len(base["steered_tokens"]) == 6
-    strong = _json(
-        _invoke(
-            "steer",
-            run,
-            "--latent",
-            3,
-            "--latent",
-            4,
-            "--strength",
-            80,
-            "--strength",
-            -80,
-            "--prompt",
-            PROMPT,
-            "--max-new-tokens",
-            6,
-            "--json",
-        )
-    )
+    strong = _json(_steer(run, [3, 4], [80, -80], "--max-new-tokens", 6, "--json"))
     assert strong["baseline"] == base["baseline"] and strong["steered"] != base["baseline"]
     assert strong["latents"] == {"3": 80.0, "4": -80.0}
 
 
 def test_steer_table_and_bad_options(run):
-    result = _invoke(
-        "steer",
-        run,
-        "--latent",
-        3,
-        "--strength",
-        5,
-        "--prompt",
-        PROMPT,
-        "--max-new-tokens",
-        3,
-        "--mode",
-        "clamp",
-    )
+    result = _steer(run, [3], [5], "--max-new-tokens", 3, "--mode", "clamp")
     assert result.exit_code == 0, result.output
     assert "baseline" in result.output and "clamp latent 3=5" in result.output
-    bad = _invoke(
-        "steer",
-        run,
-        "--latent",
-        3,
-        "--latent",
-        4,
-        "--strength",
-        1,
-        "--strength",
-        2,
-        "--strength",
-        3,
-        "--prompt",
-        PROMPT,
-    )
+    bad = _steer(run, [3, 4], [1, 2, 3])
     assert bad.exit_code != 0 and "one per --latent (2), got 3" in bad.output
-    bad = _invoke("steer", run, "--latent", 500, "--strength", 1, "--prompt", PROMPT)
+    bad = _steer(run, [500], [1])
     assert bad.exit_code == 1 and "Latent index 500 is out of range" in bad.output
 
 
@@ -162,21 +115,7 @@ def test_prompt_json_with_explanations(run):
 
 
 def test_contrast_on_the_example_set(run):
-    out = _json(
-        _invoke(
-            "contrast",
-            run,
-            "--positive",
-            EXAMPLES / "harmful.txt",
-            "--negative",
-            EXAMPLES / "benign.txt",
-            "--top",
-            5,
-            "--examples",
-            2,
-            "--json",
-        )
-    )
+    out = _json(_contrast(run, "--top", 5, "--examples", 2, "--json"))
     assert out["positive"]["documents"] == 30 and out["negative"]["documents"] == 30
     rows = out["latents"]
     assert len(rows) == 5
@@ -187,30 +126,9 @@ def test_contrast_on_the_example_set(run):
             len(row["examples"]["positive"]) == 2 and "«" in row["examples"]["positive"][0]["text"]
         )
         assert row["explanation"] == f"explained {row['latent']}"
-    table = _invoke(
-        "contrast",
-        run,
-        "--positive",
-        EXAMPLES / "harmful.txt",
-        "--negative",
-        EXAMPLES / "benign.txt",
-        "--top",
-        3,
-    )
+    table = _contrast(run, "--top", 3)
     assert table.exit_code == 0 and "AUROC" in table.output
-    by_freq = _json(
-        _invoke(
-            "contrast",
-            run,
-            "--positive",
-            EXAMPLES / "harmful.txt",
-            "--negative",
-            EXAMPLES / "benign.txt",
-            "--rank-by",
-            "freq_diff",
-            "--json",
-        )
-    )
+    by_freq = _json(_contrast(run, "--rank-by", "freq_diff", "--json"))
     diffs = [r["freq_diff"] for r in by_freq["latents"]]
     assert by_freq["rank_by"] == "freq_diff" and diffs == sorted(diffs, reverse=True)
     missing = _invoke("contrast", run, "--positive", "nope.txt", "--negative", "nope.txt")
