@@ -71,9 +71,12 @@ def open_activations(cfg: RunConfig, batch_size: int, seed: int, device: str):
     for hook in cfg.hooks:
         if hook not in names:
             raise ValueError(f"hook: {hook!r} is not a hook of {cfg.model}; valid: {names}")
+    # A shuffle chunk no larger than the run itself: a short run computes no unused activations.
+    buffer_tokens = min(1 << 16, max(batch_size, cfg.tokens))
     store = ActivationStore.from_model(
         lm, cfg.hooks, cfg.corpus, batch_size=batch_size, context_size=cfg.context_size,
-        model_batch_size=cfg.model_batch_size, seed=seed, device=device,
+        model_batch_size=cfg.model_batch_size, buffer_tokens=buffer_tokens, seed=seed,
+        device=device,
     )  # fmt: skip
     return store, lm.name
 
