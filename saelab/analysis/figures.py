@@ -51,12 +51,9 @@ def plot_overview(db: FeatureDB, path: Path) -> Path:
             f"{meta['architecture']} d_sae={meta['d_sae']} · {meta['model']} {meta['hook']} · "
             f"{meta['tokens']:,} tokens"
         )
-        figure.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path)
+        return _save(figure, path)
     finally:
         plt.close(figure)
-    return path
 
 
 def _heatmap(axes, data: dict) -> None:
@@ -107,9 +104,14 @@ def plot_latent_histogram(db: FeatureDB, latent: int, path: Path) -> Path:
             xlabel="activation",
             ylabel="tokens",
         )
-        figure.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path)
+        return _save(figure, path)
     finally:
         plt.close(figure)
+
+
+def _save(figure, path: Path) -> Path:
+    """Lay out and write a figure, creating its folder."""
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
     return path
