@@ -36,13 +36,21 @@ def _timed(fn) -> tuple[float, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="gemma-3-270m")
-    parser.add_argument("--hook", default="blocks.6.hook_resid_post")
-    parser.add_argument("--corpus", default="python-stdlib")
-    parser.add_argument("--tokens", type=int, default=65536)
-    parser.add_argument("--width", type=int, default=4096)
-    parser.add_argument("--arch", default="jumprelu")
-    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument(
+        "--model", default="gemma-3-270m", help="model name, HF hub id, local dir or .gguf"
+    )
+    parser.add_argument(
+        "--hook", default="blocks.6.hook_resid_post", help="activation hook to train on"
+    )
+    parser.add_argument(
+        "--corpus",
+        default="python-stdlib",
+        help="built-in corpus name, local text path or hub dataset",
+    )
+    parser.add_argument("--tokens", type=int, default=65536, help="training tokens per stage")
+    parser.add_argument("--width", type=int, default=4096, help="SAE width d_sae")
+    parser.add_argument("--arch", default="jumprelu", help="SAE architecture")
+    parser.add_argument("--batch-size", type=int, default=1024, help="tokens per SAE training step")
     parser.add_argument("--json", type=Path, help="Also write the summary here.")
     args = parser.parse_args()
 

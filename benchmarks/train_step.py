@@ -390,24 +390,59 @@ def versions() -> dict[str, str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arch", default="jumprelu,topk")
-    p.add_argument("--d-in", type=int, default=640)
-    p.add_argument("--d-sae", type=int, default=16384)
-    p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--k", type=int, default=64)
-    p.add_argument("--bandwidth", type=float, default=0.001)
-    p.add_argument("--l0-coefficient", type=float, default=1e-3)
-    p.add_argument("--target-l0", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--saelab-variants", default="dense,auto")
-    p.add_argument("--libs", default=",".join(LIBRARIES[1:]))
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--loss-steps", type=int, default=5)
-    p.add_argument("--floor-repeats", type=int, default=3)
+    p.add_argument(
+        "--arch",
+        default="jumprelu,topk",
+        help="comma-separated architectures to time (jumprelu, topk)",
+    )
+    p.add_argument("--d-in", type=int, default=640, help="input width d_in")
+    p.add_argument(
+        "--d-sae", type=int, default=16384, help="dictionary width d_sae (65536 for the wide case)"
+    )
+    p.add_argument("--batch", type=int, default=4096, help="tokens per training step")
+    p.add_argument("--k", type=int, default=64, help="k for TopK")
+    p.add_argument(
+        "--bandwidth", type=float, default=0.001, help="JumpReLU kernel bandwidth epsilon (SPEC)"
+    )
+    p.add_argument(
+        "--l0-coefficient", type=float, default=1e-3, help="JumpReLU L0 penalty coefficient lambda"
+    )
+    p.add_argument(
+        "--target-l0",
+        type=int,
+        default=64,
+        help="JumpReLU thresholds are initialised to give this L0 at init",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for the shared init and inputs")
+    p.add_argument(
+        "--saelab-variants",
+        default="dense,auto",
+        help="saelab variants: dense, auto (sparse kernels when L0 is low), auto+bf16",
+    )
+    p.add_argument(
+        "--libs",
+        default=",".join(LIBRARIES[1:]),
+        help="peer libraries to compare (importable ones only): saelens, dictionary_learning, sparsify",
+    )
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps per library")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per library (median reported)")
+    p.add_argument(
+        "--loss-steps",
+        type=int,
+        default=5,
+        help="steps of each child run that records peak RSS and losses",
+    )
+    p.add_argument(
+        "--floor-repeats",
+        type=int,
+        default=3,
+        help="repeats of the bare encoder matmul (fp32 and bf16) floor",
+    )
     p.add_argument("--no-timing", action="store_true", help="only the per-library child runs")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--json", default=None)
+    p.add_argument(
+        "--json", default=None, help="also write all results (every step time) to this JSON file"
+    )
     a = p.parse_args()
 
     def setup(arch: str) -> Setup:

@@ -22,6 +22,7 @@ from saelab.kernels.options import (
     use_sparse,
 )
 from saelab.kernels.pattern import SparseCodes, SparsePattern
+from saelab.kernels.workspace import scratch, take
 
 __all__ = [
     "DenseEncoder",
@@ -36,10 +37,12 @@ __all__ = [
     "jumprelu_window",
     "kernel_options",
     "matmul_autocast",
+    "scratch",
     "set_kernel_options",
     "sparse_aux_k_loss",
     "sparse_decode",
     "sparse_pre_acts",
+    "take",
     "topk_codes",
     "use_kernels",
     "use_sparse",

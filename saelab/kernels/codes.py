@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from saelab.kernels.decoder import sparse_decode
@@ -25,20 +26,25 @@ def topk_codes(
 def batch_topk_codes(
     sae_in: Tensor, pre: Tensor, k: int, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None = None
 ) -> tuple[SparsePattern, Tensor]:
-    """The k·B largest entries of ReLU(π) across the batch as (pattern, values) (SPEC §2.2)."""
-    flat = pre.relu().reshape(-1).topk(k * pre.shape[0], sorted=False).indices
+    """The k·B largest entries of ReLU(π) across the batch as (pattern, values) (SPEC §2.2).
+
+    Selected on π directly, as in topk_codes: the same codes and gradients without a copy.
+    """
+    flat = pre.reshape(-1).topk(k * pre.shape[0], sorted=False).indices
     pattern = SparsePattern.from_flat(flat, tuple(pre.shape))
     return pattern, sparse_pre_acts(sae_in, W_enc, b_enc, pre, pattern, b_dec).relu()
 
 
-def jumprelu_window(pre: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+def jumprelu_window(
+    pre: Tensor, theta: Tensor, bandwidth: float, out: Tensor | None = None
+) -> Tensor:
     """A superset of the entries with a non-zero JumpReLU gradient, in one pass: π > θ − ε.
 
     Only active entries (π > θ) and those in the kernel window |π − θ| < ε/2 carry a value or
     a gradient (SPEC §2.4); the margin of a full ε keeps rounding at the window's edge inside,
     and the extra entries contribute exact zeros.
     """
-    return pre > (theta - bandwidth).to(pre.dtype)
+    return torch.gt(pre, (theta - bandwidth).to(pre.dtype), out=out)
 
 
 def sparse_aux_k_loss(

@@ -176,8 +176,12 @@ class SAE(nn.Module, abc.ABC):
         return sae_in, self.b_dec if self.cfg.apply_b_dec_to_input else None
 
     def pre_acts(self, x: Tensor) -> Tensor:
-        """π(x) = (x − b_dec) W_enc + b_enc."""
-        return self.sae_input(x) @ self.W_enc + self.b_enc
+        """π(x) = (x − b_dec) W_enc + b_enc, the bias added in place: one (B, n) buffer.
+
+        Under a bf16 autocast the bf16 product is promoted by the fp32 bias instead.
+        """
+        pre = self.sae_input(x) @ self.W_enc
+        return pre.add_(self.b_enc) if pre.dtype == self.b_enc.dtype else pre + self.b_enc
 
     @abc.abstractmethod
     def encode(self, x: Tensor) -> Tensor:
@@ -210,10 +214,12 @@ class SAE(nn.Module, abc.ABC):
     @torch.no_grad()
     def remove_parallel_gradient(self) -> None:
         """Project out the component of each decoder row's gradient along that row (SPEC §2.2/2.4)."""
-        if self.W_dec.grad is None:
+        grad, w = self.W_dec.grad, self.W_dec
+        if grad is None:
             return
-        rows = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        self.W_dec.grad -= (self.W_dec.grad * rows).sum(dim=1, keepdim=True) * rows
+        # g ← g − (g·w / ‖w‖²)·w per row: three reads of W_dec and no (d_sae × d_in) temporary.
+        along = torch.einsum("ij,ij->i", grad, w) / torch.einsum("ij,ij->i", w, w).clamp_min(1e-24)
+        grad.addcmul_(along.unsqueeze(1), w, value=-1.0)
 
     @torch.no_grad()
     def after_step(self) -> None:

@@ -32,12 +32,17 @@ class BatchTopKSAE(TopKSAE):
         flat = pre.relu().reshape(-1, pre.shape[-1])
         kept = torch.zeros_like(flat).flatten()
         top, idx = flat.flatten().topk(self.cfg.k * flat.shape[0], sorted=False)
-        return kept.scatter(0, idx, top).reshape(pre.shape)
+        return kept.scatter_(0, idx, top).reshape(pre.shape)
 
     def activation(self, pre: Tensor) -> Tensor:
         if self.threshold < 0:
             return self.batch_topk(pre)
         return pre * (pre > self.threshold).to(pre.dtype)
+
+    def inference_activation_(self, pre: Tensor) -> Tensor:
+        if self.threshold < 0:
+            return self.batch_topk(pre)
+        return pre.masked_fill_(pre <= self.threshold, 0.0)
 
     def train_activation(self, pre: Tensor) -> Tensor:
         f = self.batch_topk(pre)

@@ -14,7 +14,7 @@ def squared_error(x: Tensor, x_hat: Tensor) -> Tensor:
 def topk_mask(values: Tensor, k: int) -> Tensor:
     """Keep the k largest entries of each row, zero the rest."""
     top, idx = values.topk(k, dim=-1, sorted=False)
-    return torch.zeros_like(values).scatter(-1, idx, top)
+    return torch.zeros_like(values).scatter_(-1, idx, top)
 
 
 def aux_k_loss(

@@ -13,8 +13,10 @@ from saelab.kernels import (
     jumprelu_window,
     kernel_options,
     matmul_autocast,
+    scratch,
     sparse_decode,
     sparse_pre_acts,
+    take,
     use_sparse,
 )
 from saelab.sae.base import SAE, TrainOutput
@@ -98,7 +100,9 @@ class JumpReLUSAE(SAE):
 
     def encode(self, x: Tensor) -> Tensor:
         pre = self.pre_acts(x)
-        return pre * (pre > self.threshold).to(pre.dtype)
+        if pre.requires_grad:
+            return pre * (pre > self.threshold).to(pre.dtype)
+        return pre.masked_fill_(pre <= self.threshold, 0.0)  # inference: no second (B, n) copy
 
     def train_forward(
         self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None = None
@@ -139,9 +143,12 @@ class JumpReLUSAE(SAE):
         cfg, theta = self.cfg, self.threshold
         x2 = x.reshape(-1, x.shape[-1]).to(self.W_dec.dtype)
         sae_in, b_dec = self.sparse_sae_input(x2)
-        pre = dense_pre_acts(sae_in, self.W_enc, self.b_enc)
-        window = jumprelu_window(pre, theta, cfg.bandwidth)
-        if kernel_options().mode == "sparse" or use_sparse(float(window.sum()) / window.numel()):
+        pre = dense_pre_acts(sae_in, self.W_enc, self.b_enc, owner=self)
+        window = jumprelu_window(
+            pre, theta, cfg.bandwidth, scratch(self, "window", pre.shape, torch.bool, pre.device)
+        )
+        density = float(torch.count_nonzero(window)) / window.numel()
+        if kernel_options().mode == "sparse" or use_sparse(density):
             pattern = SparsePattern.from_mask(window)
             z = sparse_pre_acts(sae_in, self.W_enc, self.b_enc, pre, pattern, b_dec)
             theta_j = theta[pattern.cols]
@@ -150,6 +157,7 @@ class JumpReLUSAE(SAE):
             l0 = StepFunction.apply(z, theta_j, cfg.bandwidth).sum() / x2.shape[0]
             codes = SparseCodes(pattern, values)
         else:
+            take(self, "pre")  # π now lives in the autograd graph, so it must not be reused
             z = dense_pre_acts_with_grad(self.sae_input(x2), self.W_enc, self.b_enc, pre)
             codes = JumpReLUFunction.apply(z, theta, cfg.bandwidth)
             with matmul_autocast(x.device):

@@ -31,7 +31,8 @@ class ReLUSAE(SAE):
                 self.W_enc.copy_(self.W_dec.T)
 
     def encode(self, x: Tensor) -> Tensor:
-        return self.pre_acts(x).relu()
+        pre = self.pre_acts(x)
+        return pre.relu() if pre.requires_grad else pre.relu_()
 
     def train_forward(
         self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None = None

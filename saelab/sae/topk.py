@@ -53,7 +53,15 @@ class TopKSAE(SAE):
         return topk_mask(pre.relu(), self.cfg.k)
 
     def encode(self, x: Tensor) -> Tensor:
-        return self.activation(self.pre_acts(x))
+        pre = self.pre_acts(x)
+        if pre.requires_grad:
+            return self.activation(pre)
+        return self.inference_activation_(pre)
+
+    def inference_activation_(self, pre: Tensor) -> Tensor:
+        """activation(π) written over π itself (no graph): no second (B, n) buffer."""
+        top, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)
+        return pre.zero_().scatter_(-1, idx, top.relu_())
 
     def train_forward(
         self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None = None
@@ -84,7 +92,7 @@ class TopKSAE(SAE):
         """Same objective as train_forward via saelab.kernels: only active latents are touched."""
         x2 = x.reshape(-1, x.shape[-1]).to(self.W_dec.dtype)
         sae_in, b_dec = self.sparse_sae_input(x2)
-        pre = dense_pre_acts(sae_in, self.W_enc, self.b_enc)
+        pre = dense_pre_acts(sae_in, self.W_enc, self.b_enc, owner=self)
         pattern, values = self.sparse_train_codes(sae_in, pre, b_dec)
         x_hat = sparse_decode(values, self.W_dec, self.b_dec, pattern)
         terms = {"mse_loss": squared_error(x2, x_hat)}

@@ -13,6 +13,8 @@ from saelab.kernels import (
     use_kernels,
     use_sparse,
 )
+from saelab.kernels.encoder import _transposed
+from saelab.kernels.pattern import flat_nonzero
 
 B, D, N = 48, 12, 96
 
@@ -118,7 +120,10 @@ def test_batch_level_pattern_and_transpose_are_consistent():
     dense = torch.zeros(B * N, dtype=torch.bool)
     dense[flat] = True
     assert torch.equal(dense.view(B, N), pattern.csr(values).to_dense() != 0)
-    assert torch.allclose(pattern.csr_t(values).to_dense(), pattern.csr(values).to_dense().T)
+    table = torch.randn(B, D, generator=g)
+    assert torch.allclose(
+        pattern.bag_sum_t(table, values), pattern.csr(values).to_dense().T @ table, atol=1e-5
+    )
 
 
 def test_bf16_matmul_within_tolerance():
@@ -160,3 +165,22 @@ def test_options_validate_and_choose():
         assert use_sparse(1.0)
     with use_kernels(mode="auto", max_density=0.05):
         assert use_sparse(0.01) and not use_sparse(0.2)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.003, 0.1, 0.6, 1.0])
+@pytest.mark.parametrize("shape", [(64, 512), (7, 13), (33, 96)])
+def test_flat_nonzero_equals_torch_nonzero(density, shape):
+    """The word-at-a-time scan finds exactly torch.nonzero's entries, in the same order."""
+    g = torch.Generator().manual_seed(3)
+    mask = torch.rand(shape, generator=g) < density
+    ref = mask.reshape(-1).nonzero().squeeze(1)
+    assert torch.equal(flat_nonzero(mask), ref)
+    big = torch.rand(shape[0] + 1, shape[1], generator=g) < density
+    assert torch.equal(flat_nonzero(big[1:]), big[1:].reshape(-1).nonzero().squeeze(1))
+
+
+@pytest.mark.parametrize("block", [1, 7, 1024])
+def test_blocked_transpose_is_the_transpose(block):
+    m = torch.randn(45, 13)
+    out = _transposed(m, block)
+    assert out.is_contiguous() and torch.equal(out, m.T)
