@@ -111,11 +111,13 @@ class SaelabAdapter(Adapter):
     Adam, unit-norm decoder, dead-latent tracking, metrics) with a kernel mode."""
 
     def __init__(self, s: Setup, init: dict[str, Tensor], variant: str) -> None:
-        mode, _, dtype = variant.partition("+")
+        mode, *flags = variant.split("+")
+        if unknown := set(flags) - {"bf16", "compile"}:
+            raise ValueError(f"--saelab-variants: unknown flag(s) {unknown}; valid: bf16, compile")
         self.name = f"saelab[{variant}]"
         self.options = {
             "mode": mode,
-            "matmul_dtype": torch.bfloat16 if dtype == "bf16" else None,
+            "matmul_dtype": torch.bfloat16 if "bf16" in flags else None,
         }
         self.sae = saelab.create_sae(
             s.arch,
@@ -137,6 +139,8 @@ class SaelabAdapter(Adapter):
             log_every=10**9,
         )
         self.trainer = SAETrainer(self.sae, config)
+        if "compile" in flags:
+            self.sae.train_forward = torch.compile(self.sae.train_forward)
         self.n = 0
 
     def step(self, x: Tensor) -> Tensor:
@@ -417,7 +421,7 @@ def main() -> None:
     p.add_argument(
         "--saelab-variants",
         default="dense,auto",
-        help="saelab variants: dense, auto (sparse kernels when L0 is low), auto+bf16",
+        help="comma-separated saelab variants: a kernel mode (dense, auto: sparse kernels when L0 is low, sparse) with optional +bf16 (bf16 encoder matmul) and +compile (torch.compile of train_forward), e.g. auto+compile",
     )
     p.add_argument(
         "--libs",

@@ -55,7 +55,10 @@ class ModelSource:
         split: str = "train",
         epochs: int | None = None,
         exclude_special_tokens: bool = True,
+        max_tokens: int | None = None,
     ) -> None:
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"max_tokens must be ≥ 1 (or None for no limit), got {max_tokens}")
         self.hooks = hook_list(hook)
         for name in self.hooks:
             resolve_hook(model.model, name)
@@ -67,6 +70,7 @@ class ModelSource:
             split,
             epochs,
         )
+        self.max_tokens = max_tokens
         self.excluded = special_token_ids(model.tokenizer) if exclude_special_tokens else []
         self.d_in = model.d_model * len(self.hooks)
 
@@ -83,24 +87,30 @@ class ModelSource:
             "chunk_contexts": self.chunk_contexts,
             "model_batch_size": self.model_batch_size,
             "excluded_token_ids": self.excluded,
+            "max_tokens": self.max_tokens,
         }
 
     def chunks(self, start: dict | None = None) -> Iterator[tuple[dict, torch.Tensor]]:
-        """Chunks of chunk_contexts contexts each, run through the LM in fixed batches."""
+        """Chunks of chunk_contexts contexts each, run through the LM in fixed batches.
+
+        With max_tokens, the source ends once that many tokens were yielded, and the last chunk
+        runs only about as many contexts as it still needs: no LM forwards nobody reads.
+        """
         start = start or {"chunk": 0, "stream": StreamPosition().to_dict()}
-        index = start["chunk"]
+        index, served = start["chunk"], start.get("tokens", 0)
         stream = ContextStream(
             self.corpus, self.model.tokenizer, self.context_size, seed=self.seed,
             split=self.split, epochs=self.epochs, start=StreamPosition.from_dict(start["stream"]),
         )  # fmt: skip
-        while True:
-            state = {"chunk": index, "stream": stream.position.to_dict()}
+        while self.max_tokens is None or served < self.max_tokens:
+            state = {"chunk": index, "stream": stream.position.to_dict(), "tokens": served}
+            wanted = self.chunk_contexts
+            if self.max_tokens is not None:
+                wanted = min(wanted, -(-(self.max_tokens - served) // self.context_size))
             parts, contexts = [], 0
-            while contexts < self.chunk_contexts:
+            while contexts < wanted:
                 try:
-                    batch = stream.next_batch(
-                        min(self.model_batch_size, self.chunk_contexts - contexts)
-                    )
+                    batch = stream.next_batch(min(self.model_batch_size, wanted - contexts))
                 except StopIteration:
                     break
                 acts = self.model.activations(batch, self.hooks)
@@ -109,7 +119,9 @@ class ModelSource:
                 contexts += len(batch)
             if not parts:
                 return
-            yield state, torch.cat(parts)
+            chunk = torch.cat(parts)
+            yield state, chunk
+            served += len(chunk)
             index += 1
 
 

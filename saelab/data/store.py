@@ -60,17 +60,21 @@ class ActivationStore:
         split: str = "train",
         epochs: int | None = None,
         exclude_special_tokens: bool = True,
+        max_tokens: int | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
     ) -> ActivationStore:
-        """Batches of `hook` activations computed on the fly (buffer_tokens ≈ tokens per shuffle chunk)."""
+        """Batches of `hook` activations computed on the fly (buffer_tokens ≈ tokens per shuffle chunk).
+
+        max_tokens ends the store after about that many tokens (whole contexts); None: no limit.
+        """
         lm = model if isinstance(model, LanguageModel) else load_model(model, device=device)
         corpus = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
         chunk_contexts = max(1, -(-buffer_tokens // context_size))
         source = ModelSource(
             lm, hook, corpus, context_size=context_size, model_batch_size=model_batch_size,
             chunk_contexts=chunk_contexts, seed=seed, split=split, epochs=epochs,
-            exclude_special_tokens=exclude_special_tokens,
+            exclude_special_tokens=exclude_special_tokens, max_tokens=max_tokens,
         )  # fmt: skip
         return cls(source, batch_size, seed=seed, device=device or lm.device, dtype=dtype)
 

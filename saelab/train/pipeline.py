@@ -14,6 +14,7 @@ import yaml
 
 from saelab.sae import SAE, create_sae
 from saelab.train.checkpoint import load_latest_checkpoint, save_checkpoint
+from saelab.train.config import TrainConfig
 from saelab.train.distributed import any_rank, barrier, init_from_env, is_main, world
 from saelab.train.outputs import MetricsWriter, plot_training_curves
 from saelab.train.progress import TrainProgress
@@ -53,8 +54,9 @@ def _member_name(
     return (f"{hook}--" if hooks > 1 else "") + f"{arch}-{setting}"
 
 
-def open_activations(cfg: RunConfig, batch_size: int, seed: int, device: str):
+def open_activations(cfg: RunConfig, base: TrainConfig):
     """The activation store for the run's hooks (all hooks from one LM pass or one cache read)."""
+    batch_size, seed, device = base.batch_size, base.seed, base.device
     from saelab.data import ActivationStore
     from saelab.data.cache_reader import ActivationCache
 
@@ -71,12 +73,12 @@ def open_activations(cfg: RunConfig, batch_size: int, seed: int, device: str):
     for hook in cfg.hooks:
         if hook not in names:
             raise ValueError(f"hook: {hook!r} is not a hook of {cfg.model}; valid: {names}")
-    # A shuffle chunk no larger than the run itself: a short run computes no unused activations.
-    buffer_tokens = min(1 << 16, max(batch_size, cfg.tokens))
+    # The LM runs over only the tokens the run reads: its steps, and the SPEC §1 sample for C.
+    needed = max(base.total_steps * batch_size, base.norm_estimate_tokens)
     store = ActivationStore.from_model(
         lm, cfg.hooks, cfg.corpus, batch_size=batch_size, context_size=cfg.context_size,
-        model_batch_size=cfg.model_batch_size, buffer_tokens=buffer_tokens, seed=seed,
-        device=device,
+        model_batch_size=cfg.model_batch_size, buffer_tokens=min(1 << 16, needed), seed=seed,
+        max_tokens=needed, device=device,
     )  # fmt: skip
     return store, lm.name
 
@@ -158,7 +160,7 @@ def run_training(
         )
     barrier()
     main = is_main()
-    store, model_name = open_activations(cfg, base.batch_size, base.seed, base.device)
+    store, model_name = open_activations(cfg, base)
     d_per_hook = store.d_in // len(cfg.hooks)
     members = build_members(cfg, d_per_hook, model_name, out)
     report = check_memory(members, base.batch_size, base.device, cfg.max_memory_gb)

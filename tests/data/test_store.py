@@ -78,6 +78,37 @@ def test_model_store_resume_is_exact(tiny_lm, text_corpus_dir):
         assert torch.equal(a, b)
 
 
+def test_model_store_stops_at_max_tokens_running_only_the_contexts_it_needs(
+    tiny_lm, text_corpus_dir, monkeypatch
+):
+    contexts = []
+    real = tiny_lm.activations
+    monkeypatch.setattr(
+        tiny_lm, "activations", lambda ids, hooks: contexts.append(len(ids)) or real(ids, hooks)
+    )
+
+    def make():
+        return ActivationStore.from_model(
+            tiny_lm, HOOK, load_corpus(text_corpus_dir), batch_size=100, context_size=32,
+            buffer_tokens=320, model_batch_size=4, seed=5, max_tokens=450, device="cpu",
+        )  # fmt: skip
+
+    store = make()
+    first = [next(store) for _ in range(2)]
+    state = store.state_dict()
+    rest = list(store)
+    served = sum(len(b) for b in first + rest)
+    # ≤ 31 tokens per context (BOS excluded): a chunk of 10 contexts, then 5, not another 10.
+    assert 450 <= served < 450 + 32
+    assert sum(contexts) == 15
+    restored = make()
+    restored.load_state_dict(state)
+    for a, b in zip(rest, list(restored), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="max_tokens"):
+        ActivationStore.from_model(tiny_lm, HOOK, load_corpus(text_corpus_dir), max_tokens=0)
+
+
 def test_model_store_excludes_special_positions(tiny_lm, tmp_path):
     (tmp_path / "docs.txt").write_text(
         "\n\n".join(f"def f{i}(x):\n    return x * {i}" for i in range(40))
