@@ -1,6 +1,6 @@
 """Sparse-aware training kernels used by the SAEs (DESIGN.md "kernels/"), dense fallback included.
 
-Select with `set_kernel_options(mode="auto" | "dense" | "sparse", matmul_dtype=...)` or the
+Select with `set_kernel_options(mode="auto" | "dense" | "sparse", matmul_dtype=..., compile=...)` or the
 `use_kernels(...)` context manager; the public SAE API is unchanged.
 """
 
@@ -17,6 +17,7 @@ from saelab.kernels.options import (
     KernelOptions,
     kernel_options,
     matmul_autocast,
+    maybe_compiled,
     set_kernel_options,
     use_kernels,
     use_sparse,
@@ -37,6 +38,7 @@ __all__ = [
     "jumprelu_window",
     "kernel_options",
     "matmul_autocast",
+    "maybe_compiled",
     "scratch",
     "set_kernel_options",
     "sparse_aux_k_loss",

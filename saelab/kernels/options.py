@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -16,11 +17,17 @@ DEFAULT_MAX_DENSITY = 0.03
 
 @dataclass(frozen=True)
 class KernelOptions:
-    """mode: auto | dense | sparse; matmul_dtype: autocast dtype for the encoder matmul or None."""
+    """mode: auto | dense | sparse; matmul_dtype: autocast dtype for the encoder matmul or None.
+
+    compile: run the dense objectives that measurably gain from it (JumpReLU's; −46% step time
+    on a 2-core CPU, benchmarks/RESULTS.md) through torch.compile. The first step pays the
+    compilation (20–40 s on CPU); the sparse kernels are never compiled, which slows them.
+    """
 
     mode: str = "auto"
     matmul_dtype: torch.dtype | None = None
     max_density: float = DEFAULT_MAX_DENSITY
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -31,6 +38,8 @@ class KernelOptions:
             )
         if not 0.0 < self.max_density <= 1.0:
             raise ValueError(f"max_density must be in (0, 1], got {self.max_density}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be True or False, got {self.compile!r}")
 
 
 _current = KernelOptions()
@@ -42,7 +51,7 @@ def kernel_options() -> KernelOptions:
 
 
 def set_kernel_options(**changes: object) -> KernelOptions:
-    """Change the options in force (mode=, matmul_dtype=, max_density=); returns the old ones."""
+    """Change the options in force (mode=, matmul_dtype=, max_density=, compile=); returns the old ones."""
     global _current
     old, _current = _current, replace(_current, **changes)
     return old
@@ -70,3 +79,16 @@ def matmul_autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+_compiled: dict[Callable, Callable] = {}
+
+
+def maybe_compiled(method: Callable) -> Callable:
+    """The bound method itself, or with compile on, torch.compile of its function (built once)."""
+    if not _current.compile:
+        return method
+    function = method.__func__
+    if function not in _compiled:
+        _compiled[function] = torch.compile(function)
+    return functools.partial(_compiled[function], method.__self__)

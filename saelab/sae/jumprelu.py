@@ -13,6 +13,7 @@ from saelab.kernels import (
     jumprelu_window,
     kernel_options,
     matmul_autocast,
+    maybe_compiled,
     scratch,
     sparse_decode,
     sparse_pre_acts,
@@ -114,6 +115,13 @@ class JumpReLUSAE(SAE):
             and not (cfg.pre_act_coefficient > 0 and dead_mask is not None)
         ):
             return self._kernel_train_forward(x, sparsity_coefficient)
+        return maybe_compiled(self._dense_train_forward)(x, sparsity_coefficient, dead_mask)
+
+    def _dense_train_forward(
+        self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None
+    ) -> TrainOutput:
+        """The objective with dense (tokens × latents) tensors: any sparsity loss, any L0."""
+        cfg = self.cfg
         with matmul_autocast(x.device):
             pre = self.pre_acts(x)
             f = JumpReLUFunction.apply(pre, self.threshold, cfg.bandwidth)
@@ -156,6 +164,8 @@ class JumpReLUSAE(SAE):
             x_hat = sparse_decode(values, self.W_dec, self.b_dec, pattern)
             l0 = StepFunction.apply(z, theta_j, cfg.bandwidth).sum() / x2.shape[0]
             codes = SparseCodes(pattern, values)
+        elif kernel_options().compile:
+            return maybe_compiled(self._dense_train_forward)(x, sparsity_coefficient, None)
         else:
             take(self, "pre")  # π now lives in the autograd graph, so it must not be reused
             z = dense_pre_acts_with_grad(self.sae_input(x2), self.W_enc, self.b_enc, pre)

@@ -155,3 +155,31 @@ def test_2000_step_run_matches_dense(arch, lam, options, one_thread):
     fast = _final_loss(arch, "sparse", lam, **options)
     dense = _final_loss(arch, "dense", lam, **options)
     assert abs(fast - dense) <= 0.01 * abs(dense)
+
+
+@pytest.mark.slow
+def test_compiled_dense_jumprelu_equals_eager():
+    """compile=True: the dense objective (explicit and auto's fallback) gives eager's loss and grads,
+    for each sparsity coefficient of a warm-up schedule."""
+    sae = _sae("jumprelu", 8, bandwidth=0.1)
+    with torch.no_grad():
+        sae.threshold.fill_(0.05)  # ≈ half the entries in the window: auto falls back to dense
+    x = torch.randn(B, D)
+    torch._dynamo.reset()
+    for lam in (0.0, 0.3, 0.7):
+        ref, g_ref = _loss_and_grads(sae, x, lam, None, "dense")
+        for mode in ("dense", "auto"):
+            sae.zero_grad(set_to_none=True)
+            with use_kernels(mode=mode, compile=True):
+                out = sae.train_forward(x, lam)
+            out.loss.backward()
+            assert not isinstance(out.codes, SparseCodes)
+            assert rel(out.loss, ref.loss) < 1e-5 and rel(out.x_hat, ref.x_hat) < 1e-5
+            for name, g in g_ref.items():
+                assert rel(sae.get_parameter(name).grad, g) < 1e-5, (mode, lam, name)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # really compiled
+
+
+def test_compile_option_is_checked():
+    with pytest.raises(ValueError, match="compile"), use_kernels(compile="yes"):
+        pass
