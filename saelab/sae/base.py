@@ -183,9 +183,21 @@ class SAE(nn.Module, abc.ABC):
         pre = self.sae_input(x) @ self.W_enc
         return pre.add_(self.b_enc) if pre.dtype == self.b_enc.dtype else pre + self.b_enc
 
-    @abc.abstractmethod
     def encode(self, x: Tensor) -> Tensor:
-        """Feature activations f (dense, same leading dims as x)."""
+        """Feature activations f (dense, same leading dims as x).
+
+        Without a graph (inference), f is written over π itself: no second (B, n) buffer.
+        """
+        pre = self.pre_acts(x)
+        return self.activation(pre) if pre.requires_grad else self.activation_(pre)
+
+    def activation(self, pre: Tensor) -> Tensor:
+        """f from π; an architecture whose f is not a function of π alone overrides encode."""
+        raise NotImplementedError(f"{type(self).__name__} defines encode, not activation")
+
+    def activation_(self, pre: Tensor) -> Tensor:
+        """activation(π) computed in place over π, for inference; the default is not in place."""
+        return self.activation(pre)
 
     def decode(self, f: Tensor) -> Tensor:
         """x̂ = f W_dec + b_dec."""

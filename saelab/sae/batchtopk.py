@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from saelab.kernels import SparsePattern, batch_topk_codes
+from saelab.sae.common import threshold_mask
 from saelab.sae.registry import register
 from saelab.sae.topk import TopKSAE
 
@@ -37,12 +38,12 @@ class BatchTopKSAE(TopKSAE):
     def activation(self, pre: Tensor) -> Tensor:
         if self.threshold < 0:
             return self.batch_topk(pre)
-        return pre * (pre > self.threshold).to(pre.dtype)
+        return threshold_mask(pre, self.threshold)
 
-    def inference_activation_(self, pre: Tensor) -> Tensor:
+    def activation_(self, pre: Tensor) -> Tensor:
         if self.threshold < 0:
             return self.batch_topk(pre)
-        return pre.masked_fill_(pre <= self.threshold, 0.0)
+        return threshold_mask(pre, self.threshold, in_place=True)
 
     def train_activation(self, pre: Tensor) -> Tensor:
         f = self.batch_topk(pre)

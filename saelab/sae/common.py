@@ -11,6 +11,13 @@ def squared_error(x: Tensor, x_hat: Tensor) -> Tensor:
     return (x - x_hat).pow(2).sum(-1).mean()
 
 
+def threshold_mask(pre: Tensor, threshold: Tensor, in_place: bool = False) -> Tensor:
+    """π where π > threshold, else 0; in place (no graph) or as a new tensor."""
+    if in_place:
+        return pre.masked_fill_(pre <= threshold, 0.0)
+    return pre * (pre > threshold).to(pre.dtype)
+
+
 def topk_mask(values: Tensor, k: int) -> Tensor:
     """Keep the k largest entries of each row, zero the rest."""
     top, idx = values.topk(k, dim=-1, sorted=False)

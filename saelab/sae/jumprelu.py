@@ -21,7 +21,7 @@ from saelab.kernels import (
     use_sparse,
 )
 from saelab.sae.base import SAE, TrainOutput
-from saelab.sae.common import squared_error
+from saelab.sae.common import squared_error, threshold_mask
 from saelab.sae.registry import register
 
 MIN_THRESHOLD = 1e-6
@@ -99,11 +99,12 @@ class JumpReLUSAE(SAE):
         with torch.no_grad():
             self.threshold.fill_(self.cfg.init_threshold)
 
-    def encode(self, x: Tensor) -> Tensor:
-        pre = self.pre_acts(x)
-        if pre.requires_grad:
-            return pre * (pre > self.threshold).to(pre.dtype)
-        return pre.masked_fill_(pre <= self.threshold, 0.0)  # inference: no second (B, n) copy
+    def activation(self, pre: Tensor) -> Tensor:
+        """JumpReLU_θ(π) = π·H(π − θ)."""
+        return threshold_mask(pre, self.threshold)
+
+    def activation_(self, pre: Tensor) -> Tensor:
+        return threshold_mask(pre, self.threshold, in_place=True)
 
     def train_forward(
         self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None = None

@@ -30,9 +30,11 @@ class ReLUSAE(SAE):
                 self.W_dec *= INIT_DECODER_NORM
                 self.W_enc.copy_(self.W_dec.T)
 
-    def encode(self, x: Tensor) -> Tensor:
-        pre = self.pre_acts(x)
-        return pre.relu() if pre.requires_grad else pre.relu_()
+    def activation(self, pre: Tensor) -> Tensor:
+        return pre.relu()
+
+    def activation_(self, pre: Tensor) -> Tensor:
+        return pre.relu_()
 
     def train_forward(
         self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None = None

@@ -52,14 +52,7 @@ class TopKSAE(SAE):
         """TopK_k(ReLU(π)) per token."""
         return topk_mask(pre.relu(), self.cfg.k)
 
-    def encode(self, x: Tensor) -> Tensor:
-        pre = self.pre_acts(x)
-        if pre.requires_grad:
-            return self.activation(pre)
-        return self.inference_activation_(pre)
-
-    def inference_activation_(self, pre: Tensor) -> Tensor:
-        """activation(π) written over π itself (no graph): no second (B, n) buffer."""
+    def activation_(self, pre: Tensor) -> Tensor:
         top, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)
         return pre.zero_().scatter_(-1, idx, top.relu_())
 

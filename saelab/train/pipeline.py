@@ -56,10 +56,10 @@ def _member_name(
 
 def open_activations(cfg: RunConfig, base: TrainConfig):
     """The activation store for the run's hooks (all hooks from one LM pass or one cache read)."""
-    batch_size, seed, device = base.batch_size, base.seed, base.device
     from saelab.data import ActivationStore
     from saelab.data.cache_reader import ActivationCache
 
+    batch_size, seed, device = base.batch_size, base.seed, base.device
     if cfg.cache:
         cache = ActivationCache(cfg.cache, model=cfg.model, hooks=cfg.hooks)
         store = ActivationStore.from_cache(
