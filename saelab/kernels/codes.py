@@ -1,8 +1,15 @@
-"""Sparse training forwards for TopK, BatchTopK and JumpReLU codes (SPEC §2.2, §2.4)."""
+"""Sparse training forwards for TopK, BatchTopK and JumpReLU codes (SPEC §2.2, §2.4).
+
+BatchTopK's selection and AuxK's normalisation are statistics of the global batch: under data
+parallelism (saelab.train.distributed: a torch.distributed process group, each rank holding an
+equal shard of the batch) they are computed over all ranks' tokens, with no collective at all
+in a single process.
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from saelab.kernels.decoder import sparse_decode
@@ -23,16 +30,70 @@ def topk_codes(
     return pattern, sparse_pre_acts(sae_in, W_enc, b_enc, pre, pattern, b_dec).relu()
 
 
+def data_parallel_size() -> int:
+    """How many ranks share the global batch: the process group's size, 1 without one."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def batch_topk_select(scores: Tensor, k: int, across_ranks: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """BatchTopK's selection from (B, n) scores (SPEC §2.2): (flat indices, cut, smallest).
+
+    An entry is selected iff its score is > cut, the (k·B_g + 1)-th largest score of the global
+    batch of B_g tokens (this rank's B, or with across_ranks, every rank's B tokens). Without
+    ties that is exactly the k·B_g largest entries; entries tied at the cut are all left out, so
+    the selection depends only on the values, never on their order or on the split into ranks
+    (ties are rare in fp32; under a bf16 matmul_dtype they leave L0 slightly below k).
+    indices hold every selected entry of this rank's scores and possibly a few that are not
+    (score ≤ cut); smallest is the smallest selected score > 0 over the global batch (+inf if
+    none), the same on every rank. With across_ranks each rank takes its top k·B_g + 1 scores
+    (every selected entry is among them), all-gathers them, reads the cut from the union and
+    keeps its selected indices only (a host sync on GPU); one process runs no collective.
+    """
+    flat = scores.reshape(-1)
+    ranks = data_parallel_size() if across_ranks else 1
+    count = k * scores.shape[0] * ranks
+    if count >= flat.numel() * ranks:  # k ≥ n: every entry is selected
+        cut = flat.new_full((), float("-inf"))
+        smallest = _smallest_above(flat, cut).to(torch.promote_types(flat.dtype, torch.float32))
+        if ranks > 1:
+            dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
+        return torch.arange(flat.numel(), device=flat.device), cut, smallest
+    candidates, idx = flat.topk(min(count + 1, flat.numel()), sorted=False)
+    if ranks == 1:
+        cut = candidates.min()
+        return idx, cut, _smallest_above(candidates, cut)
+    union = _all_gather(candidates, ranks)
+    cut = union.kthvalue(union.numel() - count).values
+    return idx[candidates > cut], cut, _smallest_above(union, cut)
+
+
+def _smallest_above(values: Tensor, cut: Tensor) -> Tensor:
+    """The smallest of values that is > cut and > 0, +inf if none."""
+    return torch.where(values > cut.clamp_min(0), values, float("inf")).min()
+
+
+def _all_gather(t: Tensor, ranks: int) -> Tensor:
+    """Every rank's t (equal shapes) concatenated in rank order, in at least fp32 (exact)."""
+    if ranks == 1:
+        return t
+    t = t.to(torch.promote_types(t.dtype, torch.float32)).contiguous()
+    parts = [torch.empty_like(t) for _ in range(ranks)]
+    dist.all_gather(parts, t)
+    return torch.cat(parts)
+
+
 def batch_topk_codes(
     sae_in: Tensor, pre: Tensor, k: int, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None = None
-) -> tuple[SparsePattern, Tensor]:
-    """The k·B largest entries of ReLU(π) across the batch as (pattern, values) (SPEC §2.2).
+) -> tuple[SparsePattern, Tensor, Tensor]:
+    """BatchTopK_k(ReLU(π)) over the global batch as (pattern, values, smallest) (SPEC §2.2).
 
     Selected on π directly, as in topk_codes: the same codes and gradients without a copy.
+    The selection and smallest (for θ) are those of batch_topk_select with across_ranks.
     """
-    flat = pre.reshape(-1).topk(k * pre.shape[0], sorted=False).indices
+    flat, cut, smallest = batch_topk_select(pre, k, across_ranks=True)
     pattern = SparsePattern.from_flat(flat, tuple(pre.shape))
-    return pattern, sparse_pre_acts(sae_in, W_enc, b_enc, pre, pattern, b_dec).relu()
+    z = sparse_pre_acts(sae_in, W_enc, b_enc, pre, pattern, b_dec)
+    return pattern, z.relu().masked_fill(z <= cut, 0.0), smallest
 
 
 def jumprelu_window(
@@ -60,11 +121,29 @@ def sparse_aux_k_loss(
 ) -> Tensor:
     """Normalised AuxK loss (SPEC §2.2) with z_aux = top k_aux dead pre-activations, sparse.
 
-    e is stopgrad(x − x̂); ê = z_aux W_dec; L_aux = ‖e − ê‖² / ‖e − mean(e)‖².
+    e is stopgrad(x − x̂); ê = z_aux W_dec; L_aux = ‖e − ê‖² / ‖e − mean(e)‖², the denominator
+    over the global batch (aux_k_denominator).
     """
     k = min(k_aux, int(dead_mask.sum()))
     dead_pre = pre.masked_fill(~dead_mask, float("-inf"))
     pattern = SparsePattern.from_topk(dead_pre.topk(k, dim=-1, sorted=False).indices, pre.shape[1])
     z_aux = sparse_pre_acts(sae_in, W_enc, b_enc, pre, pattern, b_dec).relu()
     e_hat = sparse_decode(z_aux, W_dec, None, pattern)
-    return (e - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
+    return (e - e_hat).pow(2).sum() / aux_k_denominator(e)
+
+
+def aux_k_denominator(e: Tensor) -> Tensor:
+    """‖e − mean(e)‖² summed over the global batch, divided by the number of ranks (SPEC §2.2).
+
+    Each rank's numerator ‖e − ê‖² sums its own tokens and the trainer averages gradients over
+    ranks, so this share makes the step that of Σ‖e − ê‖² / Σ‖e − mean(e)‖² over all tokens.
+    Two all-reduces (Σe, then Σ‖e − mean‖²) keep the single-process formula's two passes.
+    """
+    ranks = data_parallel_size()
+    if ranks == 1:
+        return (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
+    total = e.sum(0)
+    dist.all_reduce(total)
+    spread = (e - total / (e.shape[0] * ranks)).pow(2).sum()
+    dist.all_reduce(spread)
+    return spread.clamp_min(1e-12) / ranks

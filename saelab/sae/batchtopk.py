@@ -1,4 +1,8 @@
-"""BatchTopK SAE (SPEC §2.2; Bussmann et al. 2024): top k·B activations across the batch."""
+"""BatchTopK SAE (SPEC §2.2; Bussmann et al. 2024): top k·B activations across the batch.
+
+In training the batch is the global one: under data parallelism the selection and θ are those
+of all ranks' tokens together (saelab.kernels.codes.batch_topk_select), identical on every rank.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import torch
 from torch import Tensor
 
 from saelab.kernels import SparsePattern, batch_topk_codes
+from saelab.kernels.codes import batch_topk_select
 from saelab.sae.common import threshold_mask
 from saelab.sae.registry import register
 from saelab.sae.topk import TopKSAE
@@ -28,45 +33,50 @@ class BatchTopKSAE(TopKSAE):
         super().reset_parameters()
         self.threshold.fill_(-1.0)
 
-    def batch_topk(self, pre: Tensor) -> Tensor:
-        """Keep the k·B largest entries of ReLU(π) across the B tokens of the batch."""
+    def batch_topk(self, pre: Tensor, across_ranks: bool = False) -> tuple[Tensor, Tensor]:
+        """(f, smallest): the k·B largest entries of ReLU(π) across the B tokens of the batch
+        (of every rank's tokens with across_ranks; ties at the cut are left out, see
+        batch_topk_select), and the smallest selected activation, for θ."""
         flat = pre.relu().reshape(-1, pre.shape[-1])
-        kept = torch.zeros_like(flat).flatten()
-        top, idx = flat.flatten().topk(self.cfg.k * flat.shape[0], sorted=False)
-        return kept.scatter_(0, idx, top).reshape(pre.shape)
+        idx, cut, smallest = batch_topk_select(flat.detach(), self.cfg.k, across_ranks)
+        top = flat.reshape(-1)[idx]
+        kept = torch.zeros_like(flat).reshape(-1).scatter(0, idx, top.masked_fill(top <= cut, 0.0))
+        return kept.reshape(pre.shape), smallest
 
     def activation(self, pre: Tensor) -> Tensor:
         if self.threshold < 0:
-            return self.batch_topk(pre)
+            return self.batch_topk(pre)[0]
         return threshold_mask(pre, self.threshold)
 
     def activation_(self, pre: Tensor) -> Tensor:
         if self.threshold < 0:
-            return self.batch_topk(pre)
+            return self.batch_topk(pre)[0]
         return threshold_mask(pre, self.threshold, in_place=True)
 
     def train_activation(self, pre: Tensor) -> Tensor:
-        f = self.batch_topk(pre)
-        self._update_threshold(f)
+        f, smallest = self.batch_topk(pre, across_ranks=True)
+        self._update_threshold(smallest)
         return f
 
     def sparse_train_codes(
         self, sae_in: Tensor, pre: Tensor, b_dec: Tensor | None
     ) -> tuple[SparsePattern, Tensor]:
-        pattern, values = batch_topk_codes(sae_in, pre, self.cfg.k, self.W_enc, self.b_enc, b_dec)
-        self._update_threshold(values)
+        pattern, values, smallest = batch_topk_codes(
+            sae_in, pre, self.cfg.k, self.W_enc, self.b_enc, b_dec
+        )
+        self._update_threshold(smallest)
         return pattern, values
 
     @torch.no_grad()
-    def _update_threshold(self, selected: Tensor) -> None:
-        """θ ← running average of the smallest selected activation (SPEC §2.2)."""
-        selected = selected[selected > 0]
-        if selected.numel():
-            smallest = selected.min().float()
-            if self.threshold < 0:
-                self.threshold.copy_(smallest)
-            else:
-                self.threshold.lerp_(smallest, THRESHOLD_MOMENTUM)
+    def _update_threshold(self, smallest: Tensor) -> None:
+        """θ ← running average of the smallest selected activation (SPEC §2.2); no host sync.
+
+        θ starts at the first smallest; a batch with nothing selected (+inf) leaves θ as is.
+        """
+        smallest = smallest.float()
+        theta = self.threshold
+        new = torch.where(theta < 0, smallest, torch.lerp(theta, smallest, THRESHOLD_MOMENTUM))
+        theta.copy_(torch.where(torch.isfinite(smallest), new, theta))
 
     def _scale_encoder_offsets(self, c: float) -> None:
         super()._scale_encoder_offsets(c)

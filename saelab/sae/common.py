@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from saelab.kernels.codes import aux_k_denominator
+
 
 def squared_error(x: Tensor, x_hat: Tensor) -> Tensor:
     """‖x − x̂‖² summed over dimensions, averaged over the batch (SPEC notation)."""
@@ -29,14 +31,15 @@ def aux_k_loss(
 ) -> Tensor:
     """Normalised AuxK loss (SPEC §2.2): reconstruct the residual with top dead latents.
 
-    e = stopgrad(x − x̂); ê = z_aux W_dec; L_aux = ‖e − ê‖² / ‖e − mean(e)‖².
+    e = stopgrad(x − x̂); ê = z_aux W_dec; L_aux = ‖e − ê‖² / ‖e − mean(e)‖², the denominator
+    over the global batch (saelab.kernels.codes.aux_k_denominator).
     """
     k = min(k_aux, int(dead_mask.sum()))
     e = (x - x_hat).detach().reshape(-1, x.shape[-1])
     dead_pre = pre.reshape(-1, pre.shape[-1]).masked_fill(~dead_mask, float("-inf"))
     z_aux = topk_mask(dead_pre, k).relu()
     e_hat = z_aux @ W_dec
-    return (e - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
+    return (e - e_hat).pow(2).sum() / aux_k_denominator(e)
 
 
 def geometric_median(x: Tensor, iters: int = 50, tol: float = 1e-6) -> Tensor:

@@ -1,8 +1,25 @@
 """Data parallelism with torch.distributed (launched by torchrun): gloo on CPU, NCCL on GPUs.
 
-Every rank reads the same global batch and trains on its 1/world slice; gradients are
-averaged, so the step equals the single-process step on the whole batch. Dead-latent
-firing is OR-ed across ranks. Rank 0 writes all files.
+Every rank reads the same global batch and trains on its contiguous 1/world slice (the batch
+size must divide evenly); gradients are averaged over ranks. Guaranteed: a step equals the
+single-process step on the whole batch for every architecture, up to floating-point reduction
+order, and every rank holds the same weights, θ and dead mask. That holds because
+- every loss term is a mean over tokens of per-token terms (reconstruction, L1/L0/tanh and
+  pre-activation penalties, Gated's auxiliary loss), so averaging the ranks' gradients of their
+  shard means gives the gradient of the global mean;
+- BatchTopK selects the k·B largest entries of the global batch, and its threshold θ is the
+  running average of the global batch's smallest selected activation, the same on every rank
+  (saelab.kernels.codes.batch_topk_select: each rank's top k·B + 1 scores are all-gathered;
+  entries tied at the cut are all left out, so the split into ranks cannot change the choice);
+- AuxK's normaliser Σ‖e − mean(e)‖² is summed over the global batch, with mean(e) the global
+  mean (saelab.kernels.codes.aux_k_denominator, two all-reduces);
+- dead-latent firing is OR-ed across ranks and counted in global tokens;
+- neuron resampling draws from the gathered global batch with the same seeded RNG on every rank.
+Any initialised process group is taken to be this data parallelism: the BatchTopK and AuxK
+training forwards then run collectives on it; with one process none runs. An entry within
+rounding of a selection boundary (BatchTopK's cut, TopK's k-th value, a JumpReLU θ) may fall on
+either side in the two settings, hence "up to reduction order". The logged metrics (loss terms,
+L0, FVU) are rank 0's values on its own shard; rank 0 writes all files.
 """
 
 from __future__ import annotations
@@ -50,6 +67,16 @@ def shard_batch(x: Tensor) -> Tensor:
     if x.shape[0] % size:
         raise ValueError(f"batch_size={x.shape[0]} must be divisible by the world size {size}")
     return x.chunk(size)[rank]
+
+
+def gather_batch(x: Tensor) -> Tensor:
+    """The global batch from every rank's shard, in rank order (the inverse of shard_batch)."""
+    _, size = world()
+    if size == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(size)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
 
 
 def average_gradients(params) -> None:
