@@ -105,7 +105,8 @@ class BatchStream:
             chunk = self._next_raw()
             parts.append(chunk)
             rows += chunk.shape[0]
-        batch = torch.cat(parts) if len(parts) > 1 else parts[0]
+        # A carry restored from a checkpoint is on the CPU; chunks may be on the source's device.
+        batch = torch.cat([p.to(parts[-1].device) for p in parts]) if len(parts) > 1 else parts[0]
         if batch.shape[0] > self.batch_size:
             self._carry = batch[self.batch_size :]
             batch = batch[: self.batch_size]
@@ -148,3 +149,24 @@ class BatchStream:
             return
         self._source.load_state_dict(state["source"])
         self._iter, self._carry = iter(self._source), state["carry"]
+
+
+def rounding_message(total_tokens: int, batch_size: int, names: tuple[str, str]) -> str | None:
+    """What is trained when the token budget is not a whole number of batches (else None)."""
+    if total_tokens % batch_size == 0:
+        return None
+    steps = max(1, total_tokens // batch_size)
+    return (
+        f"{names[0]} {total_tokens:,} is not a multiple of {names[1]} {batch_size:,}; "
+        f"training {steps * batch_size:,} tokens ({steps} step{'s' if steps > 1 else ''})"
+    )
+
+
+def cycling_message(source: str, available: int, trained: int) -> str | None:
+    """How often a source smaller than the run is repeated (else None)."""
+    if available >= trained:
+        return None
+    return (
+        f"{source} holds {available:,} tokens but the run trains on {trained:,}; "
+        f"the data will be cycled ({trained / available:.1f} epochs)"
+    )

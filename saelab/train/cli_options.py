@@ -49,8 +49,10 @@ Sparsity = Annotated[
 K = Annotated[str | None, typer.Option(help="k value(s) for topk/batchtopk, comma-separated.")]
 Bandwidth = Annotated[float | None, typer.Option(help="JumpReLU kernel bandwidth ε (SPEC §2.4).")]
 Seed = Annotated[int | None, typer.Option(help="Seed of initialisation and data order.")]
-Device = Annotated[str | None, typer.Option(help="Torch device (cpu, cuda, cuda:1).")]
-ModelDtype = Annotated[str | None, typer.Option(help="Dtype the LM runs in.")]
+Device = Annotated[str | None, typer.Option(help="Torch device: cpu, cuda, cuda:N or mps.")]
+ModelDtype = Annotated[
+    str | None, typer.Option(help="Dtype the LM runs in: float32, float16 or bfloat16.")
+]
 ContextSize = Annotated[int | None, typer.Option(help="Tokens per packed context (BOS included).")]
 CheckpointEvery = Annotated[int | None, typer.Option(help="Steps between checkpoints.")]
 Logger = Annotated[

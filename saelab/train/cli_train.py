@@ -1,4 +1,4 @@
-"""The `saelab train` command: flags and config file → RunConfig → run_training."""
+"""The `saelab train` command: flags and config file → RunConfig → run_training → final table."""
 
 from __future__ import annotations
 
@@ -8,7 +8,34 @@ from typing import Any
 import typer
 
 from saelab.train import cli_options as o
-from saelab.train.pipeline import TrainingInterrupted, run_training
+from saelab.train.pipeline import (
+    RunAlreadyFinished,
+    SweepMember,
+    TrainingInterrupted,
+    run_training,
+)
+
+
+def _warn(message: str) -> None:
+    typer.echo(f"Warning: {message}", err=True)
+
+
+def final_table(members: list[SweepMember]) -> list[str]:
+    """The end-of-run lines: L0, FVU, dead fraction and SAE path of every (trained) member."""
+    first = members[0].final
+    width = max(len("member"), *(len(m.name) for m in members))
+    lines = [
+        f"Final metrics (L0, FVU: mean over the last {first['steps_averaged']} training steps; "
+        f"dead: no firing in the last {first['dead_window_tokens']:,} tokens)",
+        f"{'member':<{width}}  {'L0':>8}  {'FVU':>7}  {'dead':>6}  SAE",
+    ]
+    for m in members:
+        f = m.final
+        lines.append(
+            f"{m.name:<{width}}  {f['l0']:>8.2f}  {f['fvu']:>7.4f}  {f['dead_fraction']:>6.1%}  "
+            f"{m.directory / 'sae'}"
+        )
+    return lines
 
 
 @o.with_train_flags
@@ -21,16 +48,23 @@ def train_command(
     log = (lambda msg: typer.echo(msg, err=True)) if json_output else typer.echo
     try:
         cfg = o.run_config_from_flags(resume=resume, **flags)
-        members = run_training(cfg, resume=resume is not None, log=log)
+        members = run_training(cfg, resume=resume is not None, log=log, warn=_warn)
+    except RunAlreadyFinished as done:
+        log(str(done))
+        if json_output:
+            typer.echo(json.dumps({"run": cfg.out, "already_finished": True}))
+        return
     except TrainingInterrupted as stop:
         typer.echo(str(stop), err=True)
         raise typer.Exit(130) from None
     except (ValueError, LookupError, FileExistsError, MemoryError, OSError) as error:
         typer.echo(f"Error: {error}", err=True)
         raise typer.Exit(1) from None
-    result = {m.name: str(m.directory / "sae") for m in members}
+    if any(m.final is None for m in members):  # a non-main DDP rank: rank 0 reports
+        return
     if json_output:
-        typer.echo(json.dumps({"run": cfg.out, "saes": result}))
+        saes = {m.name: str(m.directory / "sae") for m in members}
+        final = {m.name: m.final for m in members}
+        typer.echo(json.dumps({"run": cfg.out, "saes": saes, "final": final}))
     else:
-        for name, path in result.items():
-            typer.echo(f"{name}: {path}")
+        typer.echo("\n".join(final_table(members)))

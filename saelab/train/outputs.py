@@ -70,6 +70,19 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def final_metrics(metrics_path: Path, window: int, dead_window: int) -> dict[str, float]:
+    """The end-of-run summary: L0 and FVU averaged over the last `window` steps' training
+    batches, and the dead fraction (no firing in the last dead_window tokens) at the last step."""
+    rows = read_metrics(metrics_path)[-window:]
+    return {
+        "l0": sum(r["l0"] for r in rows) / len(rows),
+        "fvu": sum(r["fvu"] for r in rows) / len(rows),
+        "dead_fraction": rows[-1]["dead_fraction"],
+        "steps_averaged": len(rows),
+        "dead_window_tokens": dead_window,
+    }
+
+
 def plot_training_curves(metrics_path: Path, out: Path, title: str) -> Path:
     """Loss, L0, FVU and dead fraction against step, as one PNG."""
     import matplotlib

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +16,11 @@ import torch
 import yaml
 
 from saelab.sae import SAE, create_sae
-from saelab.train.checkpoint import load_latest_checkpoint, save_checkpoint
+from saelab.train.batches import cycling_message, rounding_message
+from saelab.train.checkpoint import checkpoint_path, load_latest_checkpoint, save_checkpoint
 from saelab.train.config import TrainConfig
 from saelab.train.distributed import any_rank, barrier, init_from_env, is_main, world
-from saelab.train.outputs import MetricsWriter, plot_training_curves
+from saelab.train.outputs import MetricsWriter, final_metrics, plot_training_curves
 from saelab.train.progress import TrainProgress
 from saelab.train.run_config import RunConfig
 from saelab.train.trainer import Lockstep
@@ -30,6 +34,10 @@ class TrainingInterrupted(Exception):
     """SIGINT/SIGTERM arrived; a checkpoint was written and the run can be resumed."""
 
 
+class RunAlreadyFinished(Exception):
+    """`--resume` of a run whose every SAE is already saved: nothing to do, nothing changed."""
+
+
 @dataclass
 class SweepMember:
     """One SAE of the sweep and where its files go."""
@@ -39,6 +47,8 @@ class SweepMember:
     sae: SAE
     directory: Path
     columns: slice
+    # After training, on the main process: outputs.final_metrics of the member's metrics.jsonl.
+    final: dict[str, float] | None = None
 
 
 def _member_name(
@@ -55,7 +65,8 @@ def _member_name(
 
 
 def open_activations(cfg: RunConfig, base: TrainConfig):
-    """The activation store for the run's hooks (all hooks from one LM pass or one cache read)."""
+    """The activation store for the run's hooks (all hooks from one LM pass or one cache read),
+    the model's name, and the tokens the source holds (None: streamed, not known up front)."""
     from saelab.data import ActivationStore
     from saelab.data.cache_reader import ActivationCache
 
@@ -65,7 +76,7 @@ def open_activations(cfg: RunConfig, base: TrainConfig):
         store = ActivationStore.from_cache(
             cache, hook=cfg.hooks, batch_size=batch_size, seed=seed, device=device
         )
-        return store, cache.config["model"]
+        return store, cache.config["model"], cache.tokens
     from saelab.lm import load_model
 
     lm = load_model(cfg.model, device=device, dtype=cfg.model_dtype)
@@ -80,7 +91,7 @@ def open_activations(cfg: RunConfig, base: TrainConfig):
         model_batch_size=cfg.model_batch_size, buffer_tokens=min(1 << 16, needed), seed=seed,
         max_tokens=needed, device=device,
     )  # fmt: skip
-    return store, lm.name
+    return store, lm.name, None
 
 
 def check_memory(
@@ -132,6 +143,21 @@ def build_members(cfg: RunConfig, d_per_hook: int, model_name: str, out: Path) -
     return members
 
 
+def finished_tokens(cfg: RunConfig, out: Path) -> int | None:
+    """Tokens trained when every SAE of the run at `out` is saved (a finished run), else None."""
+    for _, directory in member_layout(cfg, out):
+        try:
+            json.loads((directory / "sae" / "cfg.json").read_text())
+        except (OSError, ValueError):
+            return None
+    base = cfg.train_config(None, None)
+    return base.total_steps * base.batch_size
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
 @contextmanager
 def _stop_on_signals():
     """Turn SIGINT/SIGTERM into a flag checked between steps (so a checkpoint can be written)."""
@@ -148,10 +174,22 @@ def _stop_on_signals():
 
 
 def run_training(
-    cfg: RunConfig, *, resume: bool = False, progress: bool = True, log=print
+    cfg: RunConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    warn: Callable[[str], None] = _warn,
 ) -> list[SweepMember]:
-    """Train the whole sweep described by cfg into cfg.out; resume from its checkpoint if asked."""
+    """Train the whole sweep described by cfg into cfg.out; resume from its checkpoint if asked.
+
+    log gets progress notes, warn one-line warnings (rounded budget, cycled cache, rejected
+    checkpoints). RunAlreadyFinished, before anything is read or written, if resume finds a
+    finished run.
+    """
     out = Path(cfg.out)
+    if resume and (done := finished_tokens(cfg, out)) is not None:
+        raise RunAlreadyFinished(f"run {out} is already finished ({done:,} tokens); nothing to do")
     device = init_from_env(cfg.train_config(None, None).device)
     base = cfg.train_config(None, None, device)
     if not resume and (out / CONFIG_FILE).exists():
@@ -160,7 +198,21 @@ def run_training(
         )
     barrier()
     main = is_main()
-    store, model_name = open_activations(cfg, base)
+    # Read before the (slow) model or cache opens; a run with only bad checkpoints stops here.
+    found = (
+        load_latest_checkpoint(out / "checkpoints", warn if main else lambda _: None)
+        if resume
+        else None
+    )
+    store, model_name, available = open_activations(cfg, base)
+    trained = base.total_steps * base.batch_size
+    if main:
+        notes = [
+            rounding_message(cfg.tokens, base.batch_size, ("--tokens", "--batch-size")),
+            cycling_message(f"the cache {cfg.cache}", available, trained) if available else None,
+        ]
+        for note in filter(None, notes):
+            warn(note)
     d_per_hook = store.d_in // len(cfg.hooks)
     members = build_members(cfg, d_per_hook, model_name, out)
     report = check_memory(members, base.batch_size, base.device, cfg.max_memory_gb)
@@ -178,7 +230,6 @@ def run_training(
         MetricsWriter(m.directory, m.name, cfg.loggers if main else [], enabled=main)
         for m in members
     ]
-    found = load_latest_checkpoint(out / "checkpoints") if resume else None
     # metrics.jsonl lines already on disk before this process's in-memory history begins.
     lines_before = list(found[0]["metrics_lines"]) if found else [0] * len(members)
     for w, n in zip(writers, lines_before, strict=True):
@@ -200,25 +251,26 @@ def run_training(
         for t in run.trainers:
             t.flush()
         write_new_metrics()
+        if not main:  # every rank holds the same state; rank 0 writes it
+            return checkpoint_path(out / "checkpoints", run.step)
         lines = [a + b for a, b in zip(lines_before, written, strict=True)]
         return save_checkpoint(
             out / "checkpoints", run.step, {"lockstep": run.state_dict(), "metrics_lines": lines}
         )
 
     log_every = min(c.log_every for c in configs)
+    names = [m.name for m in members]
     with (
         _stop_on_signals() as stop,
-        TrainProgress(run.total_steps * run.batch_size, [m.name for m in members], progress) as bar,
+        TrainProgress(trained, names, progress and main) as bar,
     ):
-        bar.update(run.step * run.batch_size, [{} for _ in members])
+        bar.update(run.step * run.batch_size)
         while run.step < run.total_steps:
             run.train_step()
-            if run.step % log_every == 0:
+            refresh = run.step % log_every == 0
+            if refresh:
                 write_new_metrics()
-                bar.update(
-                    run.step * run.batch_size,
-                    [t.history[-1] if t.history else {} for t in run.trainers],
-                )
+            bar.update(run.step * run.batch_size, run.latest_metrics() if refresh else None)
             stopping = any_rank(bool(stop))
             if stopping or run.step % cfg.checkpoint_every == 0:
                 path = checkpoint()
@@ -226,13 +278,15 @@ def run_training(
                     raise TrainingInterrupted(
                         f"interrupted at step {run.step}; checkpoint {path}; continue with: saelab train --resume {out}"
                     )
-    run.finish()
+        run.finish()
+        bar.update(run.step * run.batch_size, run.latest_metrics())
     write_new_metrics()
     if not main:
         return members
-    for m in members:
+    for m, t in zip(members, run.trainers, strict=True):
         m.sae.save(m.directory / "sae")
         plot_training_curves(
             m.directory / "metrics.jsonl", m.directory / "plots" / "training.png", m.name
         )
+        m.final = final_metrics(m.directory / "metrics.jsonl", log_every, t.tracker.window)
     return members

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from types import TracebackType
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -14,6 +16,18 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
+
+RATE_EVERY_S = 0.5
+
+
+class _BarAndMetrics(Progress):
+    """The bar on one line, then one line of live metrics per SAE (so the bar is never cut)."""
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        for task in self.tasks:
+            yield from task.fields["live"]
 
 
 class TrainProgress(AbstractContextManager):
@@ -22,7 +36,7 @@ class TrainProgress(AbstractContextManager):
     def __init__(self, total_tokens: int, names: list[str], enabled: bool) -> None:
         self.names = names
         self.enabled = enabled
-        self._progress = Progress(
+        self._progress = _BarAndMetrics(
             TextColumn("[bold]training"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -31,11 +45,11 @@ class TrainProgress(AbstractContextManager):
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[live]}"),
             console=Console(stderr=True),
             disable=not enabled,
         )
-        self._task = self._progress.add_task("train", total=total_tokens, rate="", live="")
+        self._task = self._progress.add_task("train", total=total_tokens, rate="", live=[])
+        self._rate_at = 0.0
 
     def __enter__(self) -> TrainProgress:
         self._progress.__enter__()
@@ -49,15 +63,25 @@ class TrainProgress(AbstractContextManager):
     ) -> None:
         self._progress.__exit__(exc_type, exc, tb)
 
-    def update(self, tokens: int, latest: list[dict[str, float]]) -> None:
-        """Advance to `tokens` done; `latest` holds each SAE's most recent metrics (or {})."""
+    def update(self, tokens: int, latest: list[dict[str, float]] | None = None) -> None:
+        """Advance to `tokens` done (cheap enough for every step, no device sync).
+
+        `latest`, each SAE's most recent metrics (or {}), also refreshes the live metrics text.
+        """
         if not self.enabled:
             return
-        live = "  ".join(
-            f"{name}: L0 {m['l0']:.1f} FVU {m['fvu']:.3f} dead {m['dead_fraction']:.0%}"
-            for name, m in zip(self.names, latest, strict=True)
-            if m
-        )
-        task = self._progress.tasks[0]
-        rate = f"{task.speed:,.0f} tok/s" if task.speed else ""
-        self._progress.update(self._task, completed=tokens, rate=rate, live=live)
+        fields = {}
+        if latest is not None:
+            fields["live"] = [
+                Text(
+                    f"  {name}: L0 {m['l0']:.1f}  FVU {m['fvu']:.3f}  dead {m['dead_fraction']:.1%}"
+                )
+                for name, m in zip(self.names, latest, strict=True)
+                if m
+            ]
+        now = time.monotonic()
+        if now - self._rate_at >= RATE_EVERY_S:  # rich's speed estimate costs ~30 µs
+            self._rate_at = now
+            speed = self._progress.tasks[0].speed
+            fields["rate"] = f"{speed:,.0f} tok/s" if speed else ""
+        self._progress.update(self._task, completed=tokens, **fields)

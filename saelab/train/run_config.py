@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from saelab.devices import check_device
+from saelab.lm.dtypes import DTYPES, parse_dtype
 from saelab.sae import architectures, sae_class
 from saelab.train.config import TrainConfig
 from saelab.validation import check_known_fields
@@ -69,6 +71,13 @@ class RunConfig:
         for k in self.k:
             if k < 1:
                 raise ValueError(f"k: must be an integer ≥ 1, got {k}")
+        try:
+            parse_dtype(self.model_dtype)
+        except ValueError:
+            raise ValueError(
+                f"model_dtype: unknown dtype {self.model_dtype!r}; valid: {', '.join(DTYPES)}"
+            ) from None
+        check_device(self.train.get("device"))
         if self.tokens < 1:
             raise ValueError(f"tokens: must be ≥ 1, got {self.tokens}")
         if self.checkpoint_every < 1:

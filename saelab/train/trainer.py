@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -9,12 +10,13 @@ import torch
 from torch import Tensor
 
 from saelab.sae import SAE
-from saelab.train.batches import BatchStream
+from saelab.train.batches import BatchStream, cycling_message, rounding_message
 from saelab.train.config import RECIPES, TrainConfig
 from saelab.train.dead import DeadLatentTracker
 from saelab.train.distributed import (
     any_across_ranks,
     average_gradients,
+    gather_batch,
     shard_batch,
     world,
 )
@@ -108,7 +110,7 @@ class SAETrainer:
         fired = any_across_ranks(out.fired())
         self.tracker.update(fired, x.shape[0] * world()[1])
         if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
-            resample_dead_latents(sae, x, self.tracker.dead_mask, self.optimizer)
+            resample_dead_latents(sae, gather_batch(x), self.tracker.dead_mask, self.optimizer)
         self._record(step, lr, lam, out, x, dead_mask)
 
     def _record(self, step: int, lr: float, lam: float, out, x: Tensor, dead_mask: Tensor) -> None:
@@ -235,6 +237,10 @@ class Lockstep:
             t.sae.fold_normalization(self.norms[self._key(cols)])
             t.sae.eval()
 
+    def latest_metrics(self) -> list[dict[str, float]]:
+        """Each SAE's most recently flushed metrics ({} before the first flush)."""
+        return [t.history[-1] if t.history else {} for t in self.trainers]
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: weights, optimizers, trackers, data, RNG."""
         return {
@@ -270,6 +276,7 @@ def train(
         raise ValueError("train() needs at least one SAE")
     configs = per_sae_configs(config, len(saes))
     run = Lockstep(saes, configs, data)
+    _warn_about_budget(configs[0], data, run.total_steps * run.batch_size)
     run.prepare()
     names = [
         f"{s.cfg.architecture}[{i}]" if len(saes) > 1 else s.cfg.architecture
@@ -281,11 +288,21 @@ def train(
     ) as bar:
         while run.step < run.total_steps:
             run.train_step()
-            if run.step % log_every == 0:
-                bar.update(
-                    run.step * run.batch_size,
-                    [t.history[-1] if t.history else {} for t in run.trainers],
-                )
-    run.finish()
+            refresh = run.step % log_every == 0
+            bar.update(run.step * run.batch_size, run.latest_metrics() if refresh else None)
+        run.finish()
+        bar.update(run.step * run.batch_size, run.latest_metrics())
     histories = [t.history for t in run.trainers]
     return histories[0] if isinstance(sae_or_list, SAE) else histories
+
+
+def _warn_about_budget(config: TrainConfig, data: Tensor | Iterable[Tensor], trained: int) -> None:
+    """Warn when total_tokens is rounded to whole batches or a tensor is cycled over epochs."""
+    notes = [
+        rounding_message(config.total_tokens, config.batch_size, ("total_tokens", "batch_size"))
+    ]
+    if isinstance(data, Tensor):
+        rows = data.reshape(-1, data.shape[-1]).shape[0]
+        notes.append(cycling_message("the activation tensor", rows, trained))
+    for note in filter(None, notes):
+        warnings.warn(note, stacklevel=3)

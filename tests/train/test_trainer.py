@@ -140,3 +140,37 @@ def test_resampling_points_dead_latents_at_high_loss_inputs():
     directions = (x - sae.b_dec) / (x - sae.b_dec).norm(dim=1, keepdim=True)
     cos = sae.W_dec[dead] @ directions.T
     assert (cos.max(dim=1).values > 0.999).all()  # each new row is one of the inputs
+
+
+@pytest.mark.parametrize(("log_every", "refreshed_at"), [(50, [500]), (2, [200, 400, 500])])
+def test_progress_counts_every_step_and_finishes_at_the_total(log_every, refreshed_at, monkeypatch):
+    from saelab.train.progress import TrainProgress
+
+    calls = []
+    monkeypatch.setattr(
+        TrainProgress, "update", lambda self, tokens, latest=None: calls.append((tokens, latest))
+    )
+    cfg = saelab.TrainConfig(total_tokens=500, batch_size=100, lr=1e-3, log_every=log_every)
+    history = saelab.train(saelab.create_sae("relu", 8, 16), torch.randn(500, 8), cfg)
+    assert [tokens for tokens, _ in calls] == [100, 200, 300, 400, 500, 500]
+    assert [tokens for tokens, latest in calls if latest is not None] == refreshed_at
+    assert calls[-1][1] == [history[-1]]  # the last update shows the final metrics
+
+
+def test_rounded_budget_and_cycled_tensor_warn_with_the_numbers():
+    cfg = saelab.TrainConfig(total_tokens=1000, batch_size=128, lr=1e-3)
+    with pytest.warns(UserWarning) as record:
+        saelab.train(saelab.create_sae("relu", 8, 16), torch.randn(300, 8), cfg)
+    assert [str(w.message) for w in record] == [
+        "total_tokens 1,000 is not a multiple of batch_size 128; training 896 tokens (7 steps)",
+        "the activation tensor holds 300 tokens but the run trains on 896; "
+        "the data will be cycled (3.0 epochs)",
+    ]
+    assert record[0].filename == __file__  # points at the caller's train() line
+    tiny = saelab.TrainConfig(total_tokens=50, batch_size=128, lr=1e-3)
+    with pytest.warns(
+        UserWarning,
+        match=r"^total_tokens 50 is not a multiple of batch_size 128; "
+        r"training 128 tokens \(1 step\)$",
+    ):
+        saelab.train(saelab.create_sae("relu", 8, 16), torch.randn(300, 8), tiny)
