@@ -5,6 +5,9 @@ Routes (DESIGN.md): / (index), /latent/{i} (page), /api/latent/{i} (JSON), /api/
 (steered vs baseline generation). /static serves the CSS/JS bundle and /plots the run's figures,
 both through Starlette's StaticFiles, which refuses paths outside their folder. The model and
 SAE for the live tools load on first use (from the database's recorded model/hook/sae_path).
+Dense latents (saelab.analysis.dense) are left out of /api/latents and /api/analyze unless the
+request includes them, as in `saelab prompt`. No Swagger UI: FastAPI's loads its JS and CSS from
+a CDN (blank offline) and no dependency ships them; the schema stays at /api/openapi.json.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from saelab.analysis.database import ORDERS, FeatureDB
+from saelab.analysis.database import FEATURES_FILE, ORDERS, FeatureDB
+from saelab.analysis.dense import DENSE_THRESHOLD, is_dense
 from saelab.analysis.figures import OVERVIEW_FILE
 from saelab.explorer.render import (
     MAX_NEW_TOKENS,
@@ -38,6 +42,8 @@ class AnalyzeRequest(BaseModel):
 
     text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     k: int = Field(5, ge=1, le=50)
+    include_dense: bool = False
+    dense_threshold: float = Field(DENSE_THRESHOLD, gt=0, le=1)
 
 
 class SteerRequest(BaseModel):
@@ -96,6 +102,15 @@ def _interventions():
     return interventions
 
 
+def flagged(row: dict[str, Any], threshold: float) -> dict[str, Any]:
+    """A latent row with "dead" (never fired on the analysed tokens) and "dense" added."""
+    return {
+        **row,
+        "dead": row["n_fired"] == 0,
+        "dense": bool(is_dense(row["frequency"], threshold)),
+    }
+
+
 def create_app(
     database: Path,
     *,
@@ -114,7 +129,9 @@ def create_app(
         sae_path or meta.get("sae_path"),
         device,
     )
-    app = FastAPI(title="saelab explorer", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    app = FastAPI(
+        title="saelab explorer", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json"
+    )
     app.mount(
         "/static", StaticFiles(directory=str(files("saelab.explorer") / "static")), name="static"
     )
@@ -143,8 +160,10 @@ def create_app(
         return public_meta
 
     @app.get("/api/latent/{i}")
-    def api_latent(i: int) -> dict[str, Any]:
-        return row_or_404(i)
+    def api_latent(
+        i: int, dense_threshold: float = Query(DENSE_THRESHOLD, gt=0, le=1)
+    ) -> dict[str, Any]:
+        return flagged(row_or_404(i), dense_threshold)
 
     @app.get("/api/latents")
     def api_latents(
@@ -152,8 +171,15 @@ def create_app(
         descending: bool | None = None,
         limit: int = Query(100, ge=1, le=10_000),
         offset: int = Query(0, ge=0),
+        include_dense: bool = False,
+        include_dead: bool = True,
+        dense_threshold: float = Query(DENSE_THRESHOLD, gt=0, le=1),
     ) -> list[dict[str, Any]]:
-        return db.latents(order_by=order_by, descending=descending, limit=limit, offset=offset)
+        rows = [flagged(r, dense_threshold) for r in db.latents(order_by, descending)]
+        kept = [
+            r for r in rows if (include_dense or not r["dense"]) and (include_dead or not r["dead"])
+        ]
+        return kept[offset : offset + limit]
 
     @app.get("/api/search")
     def api_search(
@@ -165,10 +191,16 @@ def create_app(
     def api_analyze(request: AnalyzeRequest) -> dict[str, Any]:
         interventions = _interventions()
         lm, sae, hook_name = live.get()
-        with live.lock:
-            result = interventions.top_latents_per_token(
-                lm, sae, hook_name, request.text, k=request.k
-            )
+        frequency = [r["frequency"] for r in db.latents()]
+        try:
+            with live.lock:
+                result, dense = interventions.prompt.analyze_prompt(
+                    lm, sae, hook_name, request.text, k=request.k, frequency=frequency,
+                    source=FEATURES_FILE, threshold=request.dense_threshold,
+                    exclude_dense=not request.include_dense,
+                )  # fmt: skip
+        except ValueError as error:  # the served database does not describe the live SAE
+            raise HTTPException(409, str(error)) from error
         return {
             "text": request.text,
             "tokens": [
@@ -179,6 +211,7 @@ def create_app(
                 }
                 for t in result
             ],
+            "dense": dense.to_dict(),
         }
 
     @app.post("/api/steer")

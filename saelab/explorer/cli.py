@@ -54,12 +54,15 @@ def serve_command(
         typer.Option(help="Torch device of the live tools (default: cuda if available)."),
     ] = None,
 ) -> None:
-    """Local web explorer: feature browser, top latents per token, steering playground."""
+    """Local web explorer: feature browser, top latents per token, steering playground.
+
+    A port already in use is an error (exit 1) before anything is served."""
     from saelab.explorer.app import create_app
     from saelab.explorer.run import database_path
-    from saelab.explorer.server import serve
+    from saelab.explorer.server import check_port, serve
 
     with c.exit_on(ValueError):
         app = create_app(database_path(path), model=model, hook=hook, sae_path=sae, device=device)
+        check_port(host, port)
     typer.echo(f"saelab explorer on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
     serve(app, host, port)

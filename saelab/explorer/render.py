@@ -2,7 +2,9 @@
 
 Pages are self-contained: the one CSS/JS bundle (static/explorer.css, explorer.js) is inlined,
 histograms are inline SVG and token colours are inline styles, so a page needs no network and
-works from file://. `Links` says where pages live (static files or server routes).
+works from file://. `Links` says where pages live (static files or server routes). The index
+holds every latent and pages through them in the browser (INDEX_PAGE_SIZE rows a page), with
+filters for dead and dense latents (saelab.analysis.dense: the threshold of `--exclude-dense`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-INDEX_ROWS_SHOWN = 2000
+from saelab.analysis.dense import DENSE_THRESHOLD
+
+INDEX_PAGE_SIZE = 500
 MAX_TEXT_CHARS = 2000
 MAX_NEW_TOKENS = 64
 
@@ -89,14 +93,17 @@ def _context(meta: dict[str, Any], links: Links, live: bool) -> dict[str, Any]:
         "bundle": bundle(),
         "shown": shown,
         "limits": {"text": MAX_TEXT_CHARS, "new_tokens": MAX_NEW_TOKENS},
+        "dense_threshold": DENSE_THRESHOLD,
     }
 
 
 def render_index(meta: dict[str, Any], rows: list[dict[str, Any]], links: Links, live: bool) -> str:
-    """The index page: every latent in a sortable, searchable table (data inlined as JSON)."""
+    """The index page: every latent in a sortable, searchable, paged table with dead/dense
+    filters (data inlined as JSON)."""
     data = {
         "href": links.latent_pattern,
-        "limit": INDEX_ROWS_SHOWN,
+        "page_size": INDEX_PAGE_SIZE,
+        "dense_threshold": DENSE_THRESHOLD,
         "rows": [
             [r["latent"], r["frequency"], r["max_activation"], r["mean_activation"],
              r["top_tokens"] or "", r["explanation"] or ""]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
@@ -20,6 +21,36 @@ def free_port(host: str = DEFAULT_HOST) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def check_port(host: str, port: int) -> None:
+    """ValueError (one line naming host and port) unless a server can listen on host:port now.
+
+    Binds and releases every address host resolves to, with SO_REUSEADDR as uvicorn's asyncio
+    server sets it, so a port in TIME_WAIT counts as free and one with a listener as in use.
+    """
+    if not 0 < port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {port}.")
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise ValueError(
+            f"--host {host!r} is neither an address nor a known host name ({error.strerror})."
+        ) from error
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    raise ValueError(
+                        f"port {port} on {host} is in use; pass --port with a free port."
+                    ) from error
+                raise ValueError(
+                    f"cannot listen on {host}:{port}: {error.strerror}; pass --host with an "
+                    "address of this machine, or another --port."
+                ) from error
 
 
 def serve(app: FastAPI, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from saelab import cli_common as c
+from saelab.analysis.dense import DENSE_THRESHOLD, MIN_SAMPLE_TOKENS
 from saelab.cli_common import Device, LmDtype, SaeHook, SaeModel
 
 if TYPE_CHECKING:
@@ -38,7 +39,21 @@ FromPosition = Annotated[
 Features = Annotated[
     Path | None,
     typer.Option(
-        help="features.sqlite with latent explanations (default: the run's, if it exists)."
+        help="features.sqlite with latent explanations and firing frequencies (default: the "
+        "run's, if it exists)."
+    ),
+]
+DENSE_HELP = (
+    "Leave out dense (always-on) latents, those firing on more than --dense-threshold of "
+    "tokens, and list them apart (JSON key `dense`). Frequencies come from the run's "
+    "features.sqlite (`saelab analyze`), else are measured on {where} (at least "
+    f"{MIN_SAMPLE_TOKENS} tokens; fewer: no filter)."
+)
+DenseThreshold = Annotated[
+    float,
+    typer.Option(
+        help="Firing frequency (fraction of tokens) above which a latent is dense; "
+        f"{DENSE_THRESHOLD:g} = fires on more than half of all tokens."
     ),
 ]
 JsonOutput = Annotated[
@@ -148,6 +163,13 @@ def prompt_command(
     path: RunOrSAE,
     prompt: Prompt,
     k: Annotated[int, typer.Option(help="Latents shown per token (only those that fire).")] = 5,
+    exclude_dense: Annotated[
+        bool,
+        typer.Option(
+            "--exclude-dense/--include-dense", help=DENSE_HELP.format(where="the prompt's tokens")
+        ),
+    ] = True,
+    dense_threshold: DenseThreshold = DENSE_THRESHOLD,
     features: Features = None,
     model: SaeModel = None,
     hook: SaeHook = None,
@@ -160,7 +182,10 @@ def prompt_command(
     from saelab.interventions.render import prompt_table
 
     target = Target(path, model, hook, device, dtype)
-    _report(run_prompt, target, prompt_table, json_output, prompt=prompt, k=k, features=features)
+    _report(
+        run_prompt, target, prompt_table, json_output, prompt=prompt, k=k, features=features,
+        exclude_dense=exclude_dense, dense_threshold=dense_threshold,
+    )  # fmt: skip
 
 
 def contrast_command(
@@ -188,6 +213,14 @@ def contrast_command(
     ] = 128,
     batch_size: Annotated[int, typer.Option(help="Documents per LM forward pass.")] = 8,
     text_field: c.TextField = "text",
+    exclude_dense: Annotated[
+        bool,
+        typer.Option(
+            "--exclude-dense/--include-dense",
+            help=DENSE_HELP.format(where="each corpus's tokens (dense: above it in both)"),
+        ),
+    ] = True,
+    dense_threshold: DenseThreshold = DENSE_THRESHOLD,
     features: Features = None,
     model: SaeModel = None,
     hook: SaeHook = None,
@@ -211,5 +244,5 @@ def contrast_command(
         run_contrast, target, contrast_table, json_output, positive=positive, negative=negative,
         top=top, rank_by=rank_by, examples=examples, max_documents=max_documents,
         context_size=context_size, batch_size=batch_size, text_field=text_field,
-        features=features,
+        features=features, exclude_dense=exclude_dense, dense_threshold=dense_threshold,
     )  # fmt: skip

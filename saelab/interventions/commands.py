@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from saelab.analysis.dense import (
+    DENSE_THRESHOLD,
+    MIN_SAMPLE_TOKENS,
+    DenseLatents,
+    check_count,
+    check_threshold,
+    is_dense,
+)
 from saelab.data.corpora import load_corpus
 from saelab.data.progress import token_progress
 from saelab.evals.command import resolve_provenance
 from saelab.formats.load import load_sae
 from saelab.interventions.contrast import RANK_BY, rank_contrast
-from saelab.interventions.documents import document_activations, tokenize_documents, top_examples
-from saelab.interventions.explanations import find_features_db, load_explanations
-from saelab.interventions.prompt import top_latents_per_token
+from saelab.interventions.documents import (
+    DocumentActivations,
+    document_activations,
+    tokenize_documents,
+    top_examples,
+)
+from saelab.interventions.explanations import find_features_db, load_explanations, load_frequencies
+from saelab.interventions.prompt import analyze_prompt
 from saelab.interventions.steering import SteeringResult, steer
 from saelab.lm.hooks import resolve_hook
 from saelab.lm.loading import load_model
@@ -47,14 +61,6 @@ class Target:
         return sae.to(lm.device).eval(), lm, hook
 
 
-def _explanations(
-    target: Target, features: Path | None, latents: Iterable[int]
-) -> tuple[Path | None, dict[int, str]]:
-    """(features.sqlite used, {latent: explanation}): --features, else the run's database."""
-    db = features or find_features_db(target.path)
-    return db, load_explanations(db, latents)
-
-
 def run_steer(
     target: Target,
     *,
@@ -83,12 +89,25 @@ def run_steer(
 
 
 def run_prompt(
-    target: Target, *, prompt: str, k: int = 5, features: Path | None = None
+    target: Target,
+    *,
+    prompt: str,
+    k: int = 5,
+    features: Path | None = None,
+    exclude_dense: bool = True,
+    dense_threshold: float = DENSE_THRESHOLD,
 ) -> dict[str, Any]:
-    """Top latents per token of a prompt, with explanations from features.sqlite when present."""
+    """Top latents per token of a prompt, with explanations from features.sqlite when present;
+    dense latents (saelab.analysis.dense) left out unless exclude_dense is False, listed apart."""
+    check_threshold(dense_threshold)
     sae, lm, hook = target.load()
-    rows = top_latents_per_token(lm, sae, hook, prompt, k=k)
-    db, explanations = _explanations(target, features, (i for row in rows for i, _ in row.latents))
+    db = features or find_features_db(target.path)
+    frequency = load_frequencies(db)
+    rows, dense = analyze_prompt(
+        lm, sae, hook, prompt, k=k, frequency=frequency, source=str(db),
+        threshold=dense_threshold, exclude_dense=exclude_dense,
+    )  # fmt: skip
+    explanations = load_explanations(db, (i for row in rows for i, _ in row.latents))
     for row in rows:
         row.explanations = {i: explanations[i] for i, _ in row.latents if i in explanations}
     return {
@@ -97,6 +116,7 @@ def run_prompt(
         "hook": hook,
         "features": str(db) if db else None,
         "tokens": [row.to_dict() for row in rows],
+        "dense": dense.to_dict(),
     }
 
 
@@ -107,6 +127,21 @@ def read_texts(spec: str, limit: int, text_field: str) -> list[str]:
     if not texts:
         raise ValueError(f"Corpus {spec!r} has no non-empty documents.")
     return texts
+
+
+def _contrast_frequency(
+    docs: dict[str, DocumentActivations], frequency: list[float] | None, source: str
+) -> tuple[list[float] | None, str | None]:
+    """(firing frequency per latent, where it comes from): features.sqlite's when it has them;
+    else the lower of the two corpora's token frequencies (dense = above the threshold in
+    both), when each corpus has at least MIN_SAMPLE_TOKENS scored tokens; else (None, None)."""
+    if frequency is not None:
+        return frequency, source
+    counts = [docs[side].n_scored for side in ("positive", "negative")]
+    if min(counts) < MIN_SAMPLE_TOKENS:
+        return None, None
+    lower = torch.minimum(docs["positive"].frequency(), docs["negative"].frequency())
+    return lower.tolist(), f"the tokens of both corpora ({counts[0]:,} and {counts[1]:,})"
 
 
 def run_contrast(
@@ -122,10 +157,14 @@ def run_contrast(
     batch_size: int = 8,
     text_field: str = "text",
     features: Path | None = None,
+    exclude_dense: bool = True,
+    dense_threshold: float = DENSE_THRESHOLD,
 ) -> dict[str, Any]:
-    """Rank latents by specificity to the positive corpus (saelab.interventions.contrast)."""
+    """Rank latents by specificity to the positive corpus (saelab.interventions.contrast);
+    dense latents left out unless exclude_dense is False, listed apart (_contrast_frequency)."""
     if rank_by not in RANK_BY:
         raise ValueError(f"Unknown --rank-by {rank_by!r}; valid: {', '.join(RANK_BY)}.")
+    check_threshold(dense_threshold)
     texts = {
         side: read_texts(spec, max_documents, text_field)
         for side, spec in (("positive", positive), ("negative", negative))
@@ -146,8 +185,19 @@ def run_contrast(
             docs[side] = document_activations(
                 lm, sae, hook, ids, batch_size=batch_size, on_progress=advance
             )
-    rows = rank_contrast(docs["positive"].maxima, docs["negative"].maxima, top=top, rank_by=rank_by)
-    _, explanations = _explanations(target, features, (row.latent for row in rows))
+    db = features or find_features_db(target.path)
+    frequency, source = _contrast_frequency(docs, load_frequencies(db), str(db))
+    check_count(frequency, sae.cfg.d_sae, source)
+    pos, neg = docs["positive"].maxima, docs["negative"].maxima
+    dense = DenseLatents.among(
+        frequency, (pos > 0).any(dim=0).nonzero().flatten().tolist(),
+        threshold=dense_threshold, excluded=exclude_dense, source=source,
+    )  # fmt: skip
+    exclude = None
+    if exclude_dense and frequency is not None:
+        exclude = is_dense(torch.tensor(frequency, dtype=torch.float64), dense_threshold)
+    rows = rank_contrast(pos, neg, top=top, rank_by=rank_by, exclude=exclude)
+    explanations = load_explanations(db, (row.latent for row in rows))
     for row in rows:
         row.explanation = explanations.get(row.latent)
         row.examples = {
@@ -161,4 +211,5 @@ def run_contrast(
         "score": "max activation over a document's tokens",
         "rank_by": rank_by,
         "latents": [row.to_dict() for row in rows],
+        "dense": dense.to_dict(),
     }

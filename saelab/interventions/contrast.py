@@ -7,8 +7,9 @@ activation of i over the document's tokens (BOS/EOS/pad excluded). Per latent:
 - auroc = U / (n_pos · n_neg), the Mann–Whitney probability that a random positive document
   scores higher than a random negative one (ties count ½); p_value: one-sided Mann–Whitney
   test (positive > negative), normal approximation with tie and continuity corrections;
-  q_value: Benjamini–Hochberg over the latents that fire in either corpus.
-Latents that fire on some positive document are ranked (descending) by one of RANK_BY:
+  q_value: Benjamini–Hochberg over the latents that fire in either corpus and are not excluded.
+Latents that fire on some positive document, less any excluded (dense, always-on latents:
+saelab.analysis.dense), are ranked (descending) by one of RANK_BY:
 "auroc" (then freq_diff, then mean_pos − mean_neg): separates the corpora best, including
 latents that fire on both but more strongly on A; "freq_diff" (then auroc, mean difference):
 fires on many A documents and few B documents; "ratio" (∞ when mean_neg = 0, then freq_pos).
@@ -118,10 +119,15 @@ def _sort_key(row: ContrastRow, rank_by: str) -> tuple[float, float, float]:
 
 
 def rank_contrast(
-    pos: Tensor, neg: Tensor, top: int = 20, rank_by: str = "auroc"
+    pos: Tensor,
+    neg: Tensor,
+    top: int = 20,
+    rank_by: str = "auroc",
+    exclude: Tensor | None = None,
 ) -> list[ContrastRow]:
     """The `top` latents most specific to the positive documents, from document scores
-    pos (n_pos, d_sae) and neg (n_neg, d_sae) ≥ 0, ranked by `rank_by` (RANK_BY)."""
+    pos (n_pos, d_sae) and neg (n_neg, d_sae) ≥ 0, ranked by `rank_by` (RANK_BY); latents set
+    in the (d_sae,) bool mask exclude are neither ranked nor counted in the q-values."""
     if rank_by not in RANK_BY:
         raise ValueError(f"Unknown ranking {rank_by!r}; valid: {', '.join(RANK_BY)}.")
     if pos.shape[1:] != neg.shape[1:] or pos.dim() != 2:
@@ -135,11 +141,13 @@ def rank_contrast(
     fired_pos, fired_neg = (pos > 0).double().mean(0), (neg > 0).double().mean(0)
     mean_pos, mean_neg = pos.mean(0), neg.mean(0)
     tested = (fired_pos > 0) | (fired_neg > 0)
+    if exclude is not None:
+        tested &= ~exclude.to(tested.device)
     q = torch.ones_like(p)
     q[tested] = benjamini_hochberg(p[tested])
     stats = [t.tolist() for t in (auroc, p, q, mean_pos, mean_neg, fired_pos, fired_neg)]
     rows = []
-    for i in torch.nonzero(fired_pos > 0).flatten().tolist():
+    for i in torch.nonzero(tested & (fired_pos > 0)).flatten().tolist():
         a, pv, qv, mp, mn, fp, fn = (s[i] for s in stats)
         rows.append(
             ContrastRow(

@@ -18,11 +18,18 @@ from saelab.sae import SAE
 @dataclass
 class DocumentActivations:
     """For n documents: max activation of each latent (n, d_sae), the token index where it is
-    reached (n, d_sae), and each document's token ids (begin token first)."""
+    reached (n, d_sae), each document's token ids (begin token first), and over all their
+    scored tokens (BOS/EOS/pad excluded): how many there are and on how many each latent fires."""
 
     maxima: Tensor
     argmax: Tensor
     tokens: list[list[int]]
+    n_scored: int
+    fired: Tensor
+
+    def frequency(self) -> Tensor:
+        """(d_sae,) float64: fraction of the scored tokens on which each latent fires."""
+        return self.fired.double() / max(self.n_scored, 1)
 
 
 def tokenize_documents(
@@ -44,10 +51,11 @@ def document_activations(
     on_progress: Callable[[int], None] | None = None,
 ) -> DocumentActivations:
     """Run documents (right-padded batches) through lm and sae; keep each latent's maximum
-    over the document's non-special tokens (0 when it never fires)."""
+    over the document's non-special tokens (0 when it never fires) and its firing count."""
     excluded = special_token_ids(lm.tokenizer)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else excluded[0]
     maxima, argmax = [], []
+    n_scored, fired = 0, torch.zeros(sae.cfg.d_sae, dtype=torch.long)
     for start in range(0, len(tokens), batch_size):
         chunk = tokens[start : start + batch_size]
         width = max(len(ids) for ids in chunk)
@@ -59,12 +67,14 @@ def document_activations(
         codes = sae_codes(lm, sae, hook, ids, attention).float()
         keep = (attention.bool() & sae_token_mask(ids, excluded)).to(codes.device)
         codes = codes.masked_fill(~keep[..., None], 0.0)
+        n_scored += int(keep.sum())
+        fired += (codes > 0).sum(dim=(0, 1)).cpu()
         values, where = codes.max(dim=1)
         maxima.append(values.cpu())
         argmax.append(where.to(torch.int32).cpu())
         if on_progress is not None:
             on_progress(sum(len(doc) for doc in chunk))
-    return DocumentActivations(torch.cat(maxima), torch.cat(argmax), tokens)
+    return DocumentActivations(torch.cat(maxima), torch.cat(argmax), tokens, n_scored, fired)
 
 
 def snippet(tokenizer: object, ids: list[int], index: int, window: int = 8) -> str:

@@ -1,4 +1,5 @@
-"""Latent explanations read from a run's features.sqlite (written by `saelab analyze`/`explain`)."""
+"""Latent explanations and firing frequencies read from a run's features.sqlite (written by
+`saelab analyze` / `explain`)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,23 @@ def load_explanations(db_path: Path | None, latents: Iterable[int]) -> dict[int,
     except sqlite3.Error:
         return {}
     return {int(latent): str(text) for latent, text in rows}
+
+
+def load_frequencies(db_path: Path | None) -> list[float] | None:
+    """Each latent's firing frequency from features.sqlite (`saelab analyze`), indexed by
+    latent; None when the file, the table or the column is missing or a value is NULL."""
+    if db_path is None or not Path(db_path).is_file():
+        return None
+    try:
+        with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as connection:
+            rows = connection.execute("SELECT latent, frequency FROM latents ORDER BY latent")
+            rows = rows.fetchall()
+    except sqlite3.Error:
+        return None
+    if (
+        not rows
+        or any(f is None for _, f in rows)
+        or [i for i, _ in rows] != list(range(len(rows)))
+    ):
+        return None
+    return [float(f) for _, f in rows]

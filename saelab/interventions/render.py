@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from saelab.analysis.dense import DenseLatents
 from saelab.interventions.steering import SteeringResult
 
 
@@ -23,8 +25,14 @@ def steering_table(result: SteeringResult) -> Table:
     return table
 
 
-def prompt_table(report: dict[str, Any]) -> Table:
-    """One row per token: its top latents with activations and explanations."""
+def dense_line(report: dict[str, Any]) -> Text:
+    """The report's dense latents (left out or kept) on a line of their own."""
+    return Text(DenseLatents(**report["dense"]).line(), style="dim")
+
+
+def prompt_table(report: dict[str, Any]) -> Group:
+    """One row per token: its top latents with activations and explanations; the dense
+    latents on a line of their own below."""
     table = Table(title=f"Top latents per token · {report['model']} {report['hook']}")
     table.add_column("pos", justify="right")
     table.add_column("token")
@@ -36,7 +44,7 @@ def prompt_table(report: dict[str, Any]) -> Table:
             for i, a in row["latents"]
         ]
         table.add_row(str(row["position"]), Text(repr(row["token"])), Text("\n".join(cells)))
-    return table
+    return Group(table, dense_line(report))
 
 
 def _example(sign: str, example: dict[str, Any]) -> str:
@@ -45,8 +53,9 @@ def _example(sign: str, example: dict[str, Any]) -> str:
     return f"{sign} {example['activation']:.3g}  {text}"
 
 
-def contrast_table(report: dict[str, Any]) -> Table:
-    """Ranked latents with their statistics and top example from each corpus."""
+def contrast_table(report: dict[str, Any]) -> Group:
+    """Ranked latents with their statistics and top example from each corpus; the dense
+    latents on a line of their own below."""
     pos, neg = report["positive"], report["negative"]
     table = Table(
         title=f"Latents specific to {pos['corpus']} ({pos['documents']} docs) vs "
@@ -71,4 +80,4 @@ def contrast_table(report: dict[str, Any]) -> Table:
             ratio,
             Text("\n".join(lines)),
         )
-    return table
+    return Group(table, dense_line(report))

@@ -1,18 +1,28 @@
-"""The web explorer over loopback: routes, errors, path traversal, concurrency, live tools."""
+"""The web explorer over loopback: routes, errors, path traversal, concurrency, live tools,
+dense/dead filters, no CDN, a busy port."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import json
+import re
 import socket
 
 import httpx
 import pytest
+import torch
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from saelab.analysis import FeatureDB
+from saelab.analysis.dense import DENSE_THRESHOLD
+from saelab.cli import app as cli_app
 from saelab.explorer.app import create_app
 from saelab.explorer.cli import serve_command
-from saelab.explorer.server import DEFAULT_HOST, running_server
+from saelab.explorer.render import INDEX_PAGE_SIZE
+from saelab.explorer.server import DEFAULT_HOST, check_port, free_port, running_server
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +47,16 @@ def _raw_get(url: str, path: str) -> tuple[int, bytes]:
 def test_pages_and_json_routes(server, explorer):
     with FeatureDB(explorer.run / "features.sqlite") as db:
         expected = db.latent(5)
-        by_frequency = [r["latent"] for r in db.latents(order_by="frequency", limit=5)]
+        rows = db.latents(order_by="frequency")
+    by_frequency = [r["latent"] for r in rows if r["frequency"] <= DENSE_THRESHOLD][:5]
+    assert rows[0]["latent"] == explorer.always_on and by_frequency[0] != explorer.always_on
     index = httpx.get(f"{server}/")
     assert index.status_code == 200 and 'id="latent-data"' in index.text
     assert 'id="analyze-form"' in index.text  # live tools only in the served app
     page = httpx.get(f"{server}/latent/5")
     assert page.status_code == 200 and "Latent 5" in page.text and 'id="steer-form"' in page.text
-    assert httpx.get(f"{server}/api/latent/5").json() == expected
+    flags = {"dead": expected["n_fired"] == 0, "dense": False}
+    assert httpx.get(f"{server}/api/latent/5").json() == {**expected, **flags}
     ranked = httpx.get(f"{server}/api/latents", params={"order_by": "frequency", "limit": 5}).json()
     assert [r["latent"] for r in ranked] == by_frequency
     found = httpx.get(f"{server}/api/search", params={"q": "zebra"}).json()
@@ -132,6 +145,95 @@ def test_200_concurrent_requests_all_answered_correctly(server, explorer):
         assert row["frequency"] == expected[row["latent"]]
 
 
+def test_latent_json_flags_dense_and_dead(server, explorer):
+    dense = httpx.get(f"{server}/api/latent/{explorer.always_on}").json()
+    assert dense["frequency"] == 1.0 and (dense["dense"], dense["dead"]) == (True, False)
+    dead = httpx.get(f"{server}/api/latent/{explorer.dead}").json()
+    assert dead["n_fired"] == 0 and (dead["dense"], dead["dead"]) == (False, True)
+    page = httpx.get(f"{server}/latent/{explorer.always_on}").text
+    assert "dense: fires on more than 50% of tokens" in page
+    assert "dead: never fired" in httpx.get(f"{server}/latent/{explorer.dead}").text
+    for bad in (0, 1.5, "half"):
+        response = httpx.get(f"{server}/api/latent/1", params={"dense_threshold": bad})
+        assert response.status_code == 422, bad
+
+
+def test_latents_api_filters_dense_and_dead_like_the_cli(big_db):
+    client = TestClient(create_app(big_db.path))
+
+    def latents(**params) -> list[int]:
+        response = client.get("/api/latents", params={"limit": 10_000, **params})
+        assert response.status_code == 200, response.text
+        return [r["latent"] for r in response.json()]
+
+    everything = list(range(big_db.n))
+    assert latents(include_dense=True) == everything
+    assert latents() == [i for i in everything if i not in big_db.dense]  # half (= 0.5) kept
+    without_dead = [i for i in everything if i not in big_db.dense + big_db.dead]
+    assert latents(include_dead=False) == without_dead
+    assert latents(dense_threshold=0.65) == [i for i in everything if i not in (0, 1)]
+    assert latents(dense_threshold=0.45) == [i for i in everything if i > big_db.half]
+    by_frequency = latents(order_by="frequency", limit=3, offset=2_000, include_dead=False)
+    assert by_frequency == without_dead[2_000:2_003]
+    rows = client.get("/api/latents", params={"include_dense": True, "limit": 4}).json()
+    assert [(r["dense"], r["dead"]) for r in rows] == [(True, False)] * 3 + [(False, False)]
+    assert client.get("/api/latents", params={"dense_threshold": 0}).status_code == 422
+
+
+def test_served_pages_reference_no_cdn_and_swagger_is_off(explorer):
+    """FastAPI's Swagger UI loads from a CDN (blank offline): it is off; nothing served links
+    to an http(s) URL. The OpenAPI schema stays."""
+    app = create_app(explorer.run / "features.sqlite", device="cpu")
+    client = TestClient(app)
+    bodies = {}
+    for route in app.routes:
+        if isinstance(route, APIRoute) and "GET" in route.methods:
+            path = route.path.replace("{i}", str(explorer.explained))
+            response = client.get(path, params={"q": "zebra"} if path == "/api/search" else None)
+            assert response.status_code == 200, path
+            bodies[path] = response.text
+    for name in ("explorer.js", "explorer.css"):
+        bodies[f"/static/{name}"] = client.get(f"/static/{name}").text
+    assert {"/", f"/latent/{explorer.explained}", "/static/explorer.js"} <= bodies.keys()
+    for path, body in bodies.items():
+        assert not re.search(r"https?://", body), path
+    for path in ("/api/docs", "/docs", "/redoc", "/api/redoc"):
+        assert client.get(path).status_code == 404, path
+    schema = client.get("/api/openapi.json").json()
+    assert {"/api/analyze", "/api/latents"} <= schema["paths"].keys()
+
+
+def test_index_pages_through_every_latent(big_db):
+    html = TestClient(create_app(big_db.path)).get("/").text
+    data = json.loads(re.search(r'id="latent-data">(.*?)</script>', html, re.S).group(1))
+    assert [r[0] for r in data["rows"]] == list(range(big_db.n))
+    assert (data["page_size"], data["dense_threshold"]) == (INDEX_PAGE_SIZE, DENSE_THRESHOLD)
+    assert 'id="hide-dead"' in html and 'id="hide-dense" checked' in html
+    assert "hide dense (fires on &gt; 50% of tokens)" in html and 'id="page-next"' in html
+
+
+def test_serve_on_a_busy_port_is_a_one_line_error(explorer):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(cli_app, ["serve", str(explorer.run), "--port", str(port)])
+    assert result.exit_code == 1
+    assert (
+        result.stderr
+        == f"Error: port {port} on 127.0.0.1 is in use; pass --port with a free port.\n"
+    )
+    assert result.stdout == ""
+    bad = CliRunner().invoke(cli_app, ["serve", str(explorer.run), "--port", "70000"])
+    assert bad.exit_code == 1 and bad.stderr == "Error: --port must be in 1..65535, got 70000.\n"
+    check_port("127.0.0.1", free_port())  # a free port passes
+    with pytest.raises(ValueError) as error:  # 192.0.2.1: TEST-NET-1, never a local address
+        check_port("192.0.2.1", 8765)
+    message = str(error.value)
+    assert message.startswith("cannot listen on 192.0.2.1:8765: ")
+    assert message.endswith("; pass --host with an address of this machine, or another --port.")
+
+
 def test_live_tools_match_the_interventions_api(server, explorer):
     from saelab.formats.load import load_sae
     from saelab.interventions import steer, top_latents_per_token
@@ -140,16 +242,33 @@ def test_live_tools_match_the_interventions_api(server, explorer):
     sae = load_sae(explorer.run)
     lm = load_model(sae.cfg.model_name, device="cpu")
     text = "def square(x):\n    return x * x"
-    analysed = httpx.post(f"{server}/api/analyze", json={"text": text, "k": 3}, timeout=120)
-    assert analysed.status_code == 200, analysed.text
-    direct = top_latents_per_token(lm, sae, sae.cfg.hook_name, text, k=3)
-    tokens = analysed.json()["tokens"]
-    assert [t["token"] for t in tokens] == [t.token for t in direct]
-    for got, want in zip(tokens, direct, strict=True):
-        assert [i for i, _ in got["latents"]] == [i for i, _ in want.latents]
-        assert [v for _, v in got["latents"]] == pytest.approx(
-            [v for _, v in want.latents], rel=1e-4
-        )
+    dense = torch.zeros(explorer.d_sae, dtype=torch.bool)
+    dense[explorer.always_on] = True
+    for include_dense, exclude in ((True, None), (False, dense)):
+        body = {"text": text, "k": 3, "include_dense": include_dense}
+        analysed = httpx.post(f"{server}/api/analyze", json=body, timeout=120)
+        assert analysed.status_code == 200, analysed.text
+        direct = top_latents_per_token(lm, sae, sae.cfg.hook_name, text, k=3, exclude=exclude)
+        tokens = analysed.json()["tokens"]
+        assert [t["token"] for t in tokens] == [t.token for t in direct]
+        for got, want in zip(tokens, direct, strict=True):
+            assert [i for i, _ in got["latents"]] == [i for i, _ in want.latents]
+            assert [v for _, v in got["latents"]] == pytest.approx(
+                [v for _, v in want.latents], rel=1e-4
+            )
+        assert analysed.json()["dense"] == {
+            "threshold": DENSE_THRESHOLD, "excluded": not include_dense,
+            "source": "features.sqlite", "latents": [[explorer.always_on, 1.0]],
+        }  # fmt: skip
+        on_top = [explorer.always_on in [i for i, _ in t["latents"][:1]] for t in tokens]
+        assert on_top == [include_dense] * len(tokens)
+    strict = {"text": text, "dense_threshold": 1.0, "include_dense": False}
+    kept = httpx.post(f"{server}/api/analyze", json=strict, timeout=120).json()
+    assert (
+        kept["dense"]["latents"] == [] and kept["tokens"][0]["latents"][0][0] == explorer.always_on
+    )
+    bad = httpx.post(f"{server}/api/analyze", json={"text": text, "dense_threshold": 2})
+    assert bad.status_code == 422
     body = {"prompt": "def ", "latent": 3, "strength": 20.0, "max_new_tokens": 8}
     steered = httpx.post(f"{server}/api/steer", json=body, timeout=120)
     assert steered.status_code == 200, steered.text

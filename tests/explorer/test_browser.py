@@ -1,4 +1,5 @@
-"""Headless Debian chromium (via Selenium) on the static dashboard (file://) and the served app.
+"""Headless Debian chromium (via Selenium) on the static dashboard (file://) and the served app:
+search, latent pages, paging beyond one page of latents, dead and dense filters.
 
 Never downloads a browser: uses the system chromium + chromedriver and skips without them.
 Screenshots go to $SAELAB_TEST_ARTIFACTS (default: test-artifacts/ in the repository).
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from saelab.analysis import FeatureDB
+from saelab.analysis.dense import DENSE_THRESHOLD
 from saelab.explorer.app import create_app
+from saelab.explorer.render import INDEX_PAGE_SIZE, Links, render_index
 from saelab.explorer.server import running_server
 from saelab.explorer.static_site import build_dashboard
 
@@ -64,7 +67,10 @@ def _search_open_and_check(driver, start_url: str, explorer, screenshot: str) ->
 
     wait = WebDriverWait(driver, 30)
     driver.get(start_url)
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#latent-rows tr")) == explorer.d_sae)
+    with FeatureDB(explorer.run / "features.sqlite") as db:
+        visible = sum(r["frequency"] <= DENSE_THRESHOLD for r in db.latents())
+    assert visible == explorer.d_sae - 1  # the always-on latent is hidden by default
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#latent-rows tr")) == visible)
     driver.find_element(By.ID, "search").send_keys("zebra")
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#latent-rows tr")) == 1)
     row = driver.find_element(By.CSS_SELECTOR, "#latent-rows tr")
@@ -100,6 +106,85 @@ def test_static_dashboard_from_file_url(browser, explorer, tmp_path):
 
 
 def test_served_app_on_loopback(browser, explorer):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
     with running_server(create_app(explorer.run / "features.sqlite", device="cpu")) as url:
         _search_open_and_check(browser, f"{url}/", explorer, "dashboard-served.png")
         assert browser.current_url == f"{url}/latent/{explorer.explained}"
+        browser.get(f"{url}/")  # the live "top latents per token" tool sets dense latents apart
+        browser.find_element(By.CSS_SELECTOR, "#analyze-form textarea").send_keys("def f(x):")
+        browser.find_element(By.CSS_SELECTOR, "#analyze-form button").click()
+        line = WebDriverWait(browser, 60).until(
+            ec.presence_of_element_located((By.ID, "analyze-dense"))
+        )
+        assert line.text == (
+            f"Dense latents (fire on > 50% of tokens) left out: {explorer.always_on} (100.0%)"
+        )
+        shown = browser.find_elements(By.CSS_SELECTOR, "#analyze-out td a")
+        assert shown and str(explorer.always_on) not in [a.text for a in shown]
+
+
+def _rows(driver) -> list[int]:
+    from selenium.webdriver.common.by import By
+
+    rows = driver.find_elements(By.CSS_SELECTOR, "#latent-rows tr")
+    return [int(row.get_attribute("data-latent")) for row in rows]
+
+
+def _page_through_and_filter(driver, start_url: str, big_db, screenshot: str) -> None:
+    """Every latent is reachable page by page; the dead and dense filters hide what they say."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, 30)
+    click = lambda element_id: driver.find_element(By.ID, element_id).click()  # noqa: E731
+    driver.get(start_url)
+    wait.until(lambda d: len(_rows(d)) == INDEX_PAGE_SIZE)
+    alive = [i for i in range(big_db.n) if i not in big_db.dense + big_db.dead]
+    visible = alive + big_db.dead  # by frequency: index order, then the dead (frequency 0)
+    pages = -(-len(visible) // INDEX_PAGE_SIZE)
+    assert _rows(driver) == visible[:INDEX_PAGE_SIZE]
+    assert driver.find_element(By.ID, "page-info").text.startswith(f"page 1 of {pages}")
+    assert driver.find_element(By.ID, "page-prev").get_attribute("disabled") is not None
+    for page in range(1, 5):
+        click("page-next")
+        wait.until(lambda d, p=page: _rows(d)[:1] == [visible[p * INDEX_PAGE_SIZE]])
+    assert _rows(driver) == visible[4 * INDEX_PAGE_SIZE : 5 * INDEX_PAGE_SIZE]
+    assert 2_400 in _rows(driver)  # beyond the 2,000 rows the index used to stop at
+    click("page-last")
+    wait.until(lambda d: _rows(d) == visible[(pages - 1) * INDEX_PAGE_SIZE :])
+    assert set(big_db.dead) <= set(_rows(driver))  # dead latents are shown by default
+    assert driver.find_element(By.ID, "page-next").get_attribute("disabled") is not None
+    click("hide-dead")
+    wait.until(lambda d: _rows(d) == alive[:INDEX_PAGE_SIZE])  # back on page 1
+    click("page-last")
+    wait.until(lambda d: _rows(d) == alive[(pages - 1) * INDEX_PAGE_SIZE :])
+    count = driver.find_element(By.ID, "count").text
+    assert count == f"{len(alive)} of {big_db.n} latents (hidden: 2 dead, 3 dense)"
+    search = driver.find_element(By.ID, "search")
+    search.send_keys(str(big_db.dead[0]))
+    wait.until(lambda d: _rows(d) == [])  # the dead latent, found by its id, stays hidden
+    click("hide-dead")
+    wait.until(lambda d: _rows(d) == [big_db.dead[0]])
+    search.clear()
+    search.send_keys(f"tok{big_db.dense[0]}")  # its top token (a bare "0" matches "tok10" too)
+    wait.until(lambda d: _rows(d) == [])
+    click("hide-dense")
+    wait.until(lambda d: _rows(d) == [big_db.dense[0]])
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(ARTIFACTS / screenshot))
+
+
+def test_static_index_pages_and_filters_from_file_url(browser, big_db, tmp_path):
+    with FeatureDB(big_db.path) as db:
+        html = render_index(db.meta(), db.latents(), Links("index.html", "latents/{i}.html"), False)
+    index = tmp_path / "index.html"
+    index.write_text(html, encoding="utf-8")
+    _page_through_and_filter(browser, index.resolve().as_uri(), big_db, "index-static-paged.png")
+
+
+def test_served_index_pages_and_filters(browser, big_db):
+    with running_server(create_app(big_db.path)) as url:
+        _page_through_and_filter(browser, f"{url}/", big_db, "index-served-paged.png")

@@ -59,6 +59,23 @@ def test_planted_positive_latents_rank_first(rank_by):
         rank_contrast(pos, neg, rank_by="p")
 
 
+def test_excluded_latents_are_neither_ranked_nor_counted_in_q_values():
+    pos, neg, planted = _planted()
+    pos[:, 40], neg[:, 40] = 5.0, 1.0  # fires on every document of both, higher on A
+    assert rank_contrast(pos, neg, top=1)[0].latent == 40
+    exclude = torch.zeros(pos.shape[1], dtype=torch.bool)
+    exclude[[40, planted[0]]] = True
+    rows = rank_contrast(pos, neg, top=pos.shape[1], exclude=exclude)
+    assert [row.latent for row in rows[:2]] == planted[1:]
+    assert {40, planted[0]}.isdisjoint(row.latent for row in rows)
+    _, p = mann_whitney(pos, neg)
+    tested = ((pos > 0).any(0) | (neg > 0).any(0)) & ~exclude
+    q = torch.ones_like(p)
+    q[tested] = benjamini_hochberg(p[tested])
+    assert [row.q_value for row in rows] == pytest.approx([q[row.latent].item() for row in rows])
+    assert int(tested.sum()) == pos.shape[1] - 2  # every latent fires somewhere here
+
+
 def test_statistics_match_brute_force_and_scipy():
     stats = pytest.importorskip("scipy.stats")
     g = torch.Generator().manual_seed(1)
@@ -107,12 +124,17 @@ def test_document_maxima_ignore_padding_and_bos(tiny_lm, sae):
     texts = ["def f(x):\n    return x", "import os", "class A:\n    pass\n\n# done here"]
     tokens = tokenize_documents(tiny_lm, texts, context_size=64)
     batched = document_activations(tiny_lm, sae, HOOK, tokens, batch_size=3)
+    fired_tokens = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
     for n, ids in enumerate(tokens):
         codes = sae_codes(tiny_lm, sae, HOOK, torch.tensor([ids]))[0, 1:]  # drop BOS
+        fired_tokens += (codes > 0).sum(dim=0)
         values, where = codes.max(dim=0)
         torch.testing.assert_close(batched.maxima[n], values, rtol=1e-5, atol=1e-5)
         fired = values > 0
         assert torch.equal(batched.argmax[n][fired].long(), where[fired] + 1)
+    assert batched.n_scored == sum(len(ids) - 1 for ids in tokens)
+    assert torch.equal(batched.fired, fired_tokens) and fired_tokens.sum() > 0
+    torch.testing.assert_close(batched.frequency(), fired_tokens.double() / batched.n_scored)
     truncated = tokenize_documents(tiny_lm, texts, context_size=3)
     assert [len(ids) for ids in truncated] == [3, 3, 3]
 
