@@ -1,13 +1,15 @@
 """Chat prompts for the explainer and the two scorers, and parsers for the LLM's answers.
 
-Activating tokens are marked <<like this>>. The explainer answers "Explanation: <sentence>";
-the scorers answer with a JSON list of context numbers, e.g. [2, 5]. A reply that does not
-follow the format parses to None (recorded as unparsed, never an exception).
+Activating tokens are marked <<like this>>. The explainer answers "Explanation: <sentence>"
+(a reply of one line without the prefix is taken as the sentence); the scorers answer with a
+JSON list of context numbers, e.g. [2, 5]. A reply that does not follow the format parses to
+None (recorded as unparsed, never an exception).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 
 Messages = list[dict[str, str]]
@@ -92,17 +94,29 @@ def fuzzing_messages(
     return [{"role": "system", "content": FUZZING_SYSTEM}, {"role": "user", "content": user}]
 
 
-_EXPLANATION = re.compile(r"^[\s>*_#-]*explanation[*_]*\s*:[*_]*\s*(.+)$", re.I | re.M)
+_EXPLANATION = re.compile(r"^[\s>*_#-]*explanation[*_]*\s*:[*_]*\s*(.*)$", re.I | re.M)
 _LIST = re.compile(r"\[[\d\s,]*\]")
 MAX_EXPLANATION_CHARS = 400
 
 
+def _is_text(line: str) -> bool:
+    """True unless the line holds control characters or U+FFFD (undecodable bytes): junk."""
+    return "\ufffd" not in line and not any(unicodedata.category(c) == "Cc" for c in line)
+
+
 def parse_explanation(reply: str) -> str | None:
-    """The sentence after 'Explanation:' (quotes and markdown stripped), or None if absent."""
+    """The sentence after 'Explanation:', else the reply's only non-empty line if it is text
+    (quotes and markdown stripped); None for several lines without the prefix, nothing, junk
+    or too long."""
     match = _EXPLANATION.search(reply or "")
-    if match is None:
+    lines = [line for line in (reply or "").splitlines() if line.strip()]
+    if match is not None:
+        text = match.group(1)
+    elif len(lines) == 1 and _is_text(lines[0].strip()):
+        text = lines[0]
+    else:
         return None
-    text = match.group(1).strip().strip("*_").strip()
+    text = text.strip().strip("*_").strip()
     if len(text) >= 2 and (text[0], text[-1]) in (('"', '"'), ("'", "'"), ("“", "”")):
         text = text[1:-1].strip()
     if not text or len(text) > MAX_EXPLANATION_CHARS:

@@ -53,6 +53,20 @@ def edit_activation(sae: SAE, x: Tensor, latents: Mapping[int, float], mode: str
     return (x_sae + change @ directions).to(device=x.device, dtype=x.dtype)
 
 
+def forward_positions(kwargs: dict) -> Tensor | int:
+    """Absolute positions of a forward's tokens as the model counts them, or the first one.
+
+    HF models take position_ids (what transformers ≥ 5 `generate` passes; built from the
+    attention mask, so left padding is not counted), else cache_position (4.x), else they
+    start at the length their cache reports (0 without a cache); this follows the same order.
+    """
+    for name in ("position_ids", "cache_position"):
+        if isinstance(kwargs.get(name), Tensor):
+            return kwargs[name]
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    return cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
+
+
 @contextmanager
 def latent_intervention(
     lm: LanguageModel,
@@ -66,25 +80,28 @@ def latent_intervention(
     """Within the block, every forward of lm edits the SAE latents at `hook` (module docstring).
 
     Positions holding BOS/EOS/pad keep their clean activation (as in SPEC §3's spliced runs);
-    with from_position, so do positions before that absolute index, also in cached incremental
-    decoding (the start of each forward is read from its KV cache). Hooks are removed on exit,
-    also when the block raises.
+    with from_position, so do tokens whose absolute index is below it. That index is the token's
+    position as the model itself counts it (`forward_positions`): also right in cached
+    incremental decoding with any cache class, and with left padding it counts each sequence's
+    own tokens from 0, so a padded batch is edited as each prompt alone. Hooks are removed on
+    exit, also when the block raises.
     """
     check_latents(sae, latents, mode)
     if from_position is not None and from_position < 0:
         raise ValueError(f"from_position must be ≥ 0, got {from_position}.")
     excluded = special_token_ids(lm.tokenizer)
-    state: dict[str, object] = {"start": 0, "ids": None}
+    state: dict[str, object] = {"positions": 0, "ids": None}
 
     def track(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-        cache = kwargs.get("past_key_values")
-        state["start"] = cache.get_seq_length() if cache is not None else 0
+        state["positions"] = forward_positions(kwargs)
         state["ids"] = kwargs.get("input_ids", args[0] if args else None)
 
     def edit(activation: Tensor) -> Tensor:
         batch, seq = activation.shape[:2]
-        positions = state["start"] + torch.arange(seq, device=activation.device)
-        mask = (positions >= (from_position or 0)).expand(batch, seq)
+        positions = state["positions"]
+        if not isinstance(positions, Tensor):
+            positions = positions + torch.arange(seq)
+        mask = (positions.to(activation.device) >= (from_position or 0)).expand(batch, seq)
         ids = state["ids"]
         if isinstance(ids, Tensor) and ids.shape == (batch, seq):
             mask = mask & sae_token_mask(ids.to(activation.device), excluded)

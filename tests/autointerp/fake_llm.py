@@ -29,6 +29,8 @@ from starlette.routing import Route
 MARK = re.compile(r"<<(.*?)>>")
 EXPLAINED = re.compile(r'Explanation: the token "(.*?)"')
 EXCERPT = re.compile(r"^(\d+)\. (.*)$", re.M)
+# several lines, no "Explanation:" and no JSON list: unparsed by every parser
+MALFORMED = "I am not sure what you mean.\nCould you show more excerpts?"
 
 
 def kind_of(system: str) -> str:
@@ -147,7 +149,7 @@ class FakeLLM:
             if self.garbage_body:
                 self.log.append(Logged(kind, user, 200, None))
                 return PlainTextResponse("<html>gateway says hi</html>")
-            reply = "I am not sure what you mean." if kind in self.malformed else answer(kind, user)
+            reply = MALFORMED if kind in self.malformed else answer(kind, user)
             prompt_tokens = sum(len(m["content"].split()) for m in messages)
             entry = Logged(kind, user, 200, reply, prompt_tokens, len(reply.split()))
             self.log.append(entry)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_llm import MARK, FakeLLM
+from fake_llm import MALFORMED, MARK, FakeLLM
 from synthetic_db import N_LATENTS
 
 from saelab.analysis.database import FeatureDB
@@ -140,7 +140,7 @@ def test_malformed_explanations_are_recorded_unparsed(features_db: Path, fake_ll
     assert summary["unparsed"] == 2 and summary["error"] == 0
     rows = autointerp_rows(features_db)
     assert [(r["kind"], r["parsed"]) for r in rows] == [("explanation", 0)] * 2
-    assert rows[0]["raw"] == "I am not sure what you mean." and rows[0]["result"] is None
+    assert rows[0]["raw"] == MALFORMED and rows[0]["result"] is None
     with FeatureDB(features_db) as db:
         assert db.latent(0)["explanation"] is None and db.latent(0)["score_detection"] is None
     assert not server.replies("detection")  # nothing to score without an explanation

@@ -43,10 +43,30 @@ def test_explanation_prompt_marks_and_lists_activating_tokens() -> None:
         ("Explanation: mentions of cats.", "mentions of cats."),
         ("Sure!\n**Explanation:** \"the word 'def'\"", "the word 'def'"),
         ("explanation:   Python keywords", "Python keywords"),
-        ("It fires on cats.", None),
         ("Explanation:   ", None),
+        ("Explanation:", None),
+        ("Explanation:\nmentions of cats.", "mentions of cats."),
         ("", None),
         ("Explanation: " + "x" * 500, None),
+        # one line without the prefix is the sentence itself
+        ("It fires on cats.", "It fires on cats."),
+        (
+            "  \n  The word 'def' at the start of a line.  \n\n",
+            "The word 'def' at the start of a line.",
+        ),
+        ('"Closing brackets in Python code."', "Closing brackets in Python code."),
+        ("“Closing brackets.”\n", "Closing brackets."),
+        ("'import statements'", "import statements"),
+        ("**Numbers in arithmetic.**", "Numbers in arithmetic."),
+        ('""', None),
+        ("x" * 401, None),
+        # several non-empty lines without the prefix stay unparsed
+        ("It fires on cats.\nAlso on dogs.", None),
+        ("Sure!\n\nIt fires on cats.", None),
+        ("   \n\t\n", None),
+        # a one-line reply that is not text (a broken model's bytes) stays unparsed
+        ("co co\x1fplace co", None),
+        ("er not ph\ufffdplace", None),
     ],
 )
 def test_parse_explanation(reply: str, expected: str | None) -> None:

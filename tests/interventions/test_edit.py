@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -141,24 +143,141 @@ def test_steer_with_zero_strength_reproduces_the_baseline(tiny_lm, sae):
     assert strong.steered_tokens != strong.baseline_tokens
 
 
-@pytest.mark.parametrize("from_position", [None, 3, 45])
-def test_from_position_tracks_absolute_positions_in_cached_generation(tiny_model, from_position):
-    """gemma3 (sliding window 32): a prompt of > 32 tokens and 12 cached decoding steps; each
-    generated token must be the argmax of one uncached forward with the same edit."""
+# Cached generation: gemma3 with a sliding window (8) shorter than the prompt (20 tokens) and than
+# the 12 generated tokens, so its sliding cache layers wrap, plus one full-attention layer as in
+# the real model; llama and gpt2 with ordinary caches. Each under a dynamic and a static cache.
+CACHED_FAMILIES = ("gemma3", "llama", "gpt2")
+GEMMA3_LAYER_TYPES = ["sliding_attention"] * 3 + ["full_attention"]
+PROMPT_TOKENS, NEW_TOKENS = 20, 12
+CACHED_HOOK = "blocks.2.hook_resid_post"
+STEER = {7: 30.0}
+# Cached and uncached forwards sum the same fp32 terms in different orders (attention over ≤ 32
+# keys, matmuls over d_model = 64 and d_ff = 128, in each of 4 layers, then the unembedding over
+# 64): each logit moves by at most about n_terms·eps32 relative to the logits' size (~1).
+TOLERANCE = (4 * (32 + 64 + 128) + 64) * torch.finfo(torch.float32).eps
+
+
+def _sliding_gemma3(tiny_model, tmp_path_factory):
+    """Tiny gemma3 with sliding window 8 and layer types GEMMA3_LAYER_TYPES, saved to a new dir."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    source = tiny_model("gemma3", sliding_window=8)
+    config = AutoConfig.from_pretrained(source)
+    config.layer_types = GEMMA3_LAYER_TYPES
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-gemma3-hybrid")
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(source).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module", params=CACHED_FAMILIES)
+def cached_lm(request, tiny_model, tmp_path_factory):
+    """(family, tiny LanguageModel, random JumpReLU SAE at CACHED_HOOK)."""
     import saelab
 
-    lm = load_model(tiny_model("gemma3"), device="cpu")
-    hook = "blocks.2.hook_resid_post"
+    family = request.param
+    path = (
+        _sliding_gemma3(tiny_model, tmp_path_factory) if family == "gemma3" else tiny_model(family)
+    )
+    lm = load_model(path, device="cpu")
+    assert family != "gemma3" or lm.model.config.layer_types == GEMMA3_LAYER_TYPES
     sae = saelab.create_sae("jumprelu", d_in=lm.d_model, d_sae=64, seed=1).eval()
-    ids = encode_prompt(lm, PROMPT * 3)[:, :40]
-    latents = {7: 30.0}
+    return family, lm, sae
+
+
+def _steered_generation(lm, sae, ids, from_position, **generate_kwargs):
+    """(sequences, logits of each generated token (batch, NEW_TOKENS, vocab)) under the edit."""
     with (
         torch.no_grad(),
-        latent_intervention(lm, sae, hook, latents, from_position=from_position),
+        latent_intervention(lm, sae, CACHED_HOOK, STEER, from_position=from_position),
     ):
-        out = lm.model.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False)
-        logits = lm.model(out, use_cache=False).logits
-    new = out[0, ids.shape[1] :]
-    assert logits[0, ids.shape[1] - 1 : -1].argmax(-1).tolist() == new.tolist()
-    clean = lm.model.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False)
-    assert clean[0, ids.shape[1] :].tolist() != new.tolist()
+        out = lm.model.generate(
+            ids,
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            **generate_kwargs,
+        )
+    return out.sequences, torch.stack(out.logits, dim=1)
+
+
+def _steered_uncached(lm, sae, ids, from_position):
+    """Logits of one uncached forward of ids (1, seq) under the edit (positions 0 … seq − 1)."""
+    with (
+        torch.no_grad(),
+        latent_intervention(lm, sae, CACHED_HOOK, STEER, from_position=from_position),
+    ):
+        return lm.model(ids, use_cache=False).logits
+
+
+@pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
+@pytest.mark.parametrize("from_position", [None, 3, 25])
+def test_from_position_tracks_absolute_positions_in_cached_generation(
+    cached_lm, cache_implementation, from_position
+):
+    """Each cached decoding step gives the logits of one uncached forward of the whole sequence
+    with the same edit, so the steered generation is the uncached one."""
+    _family, lm, sae = cached_lm
+    ids = encode_prompt(lm, PROMPT * 3)[:, :PROMPT_TOKENS]
+    out, logits = _steered_generation(
+        lm, sae, ids, from_position, cache_implementation=cache_implementation
+    )
+    full = _steered_uncached(lm, sae, out, from_position)[:, PROMPT_TOKENS - 1 : -1]
+    torch.testing.assert_close(logits, full, rtol=TOLERANCE, atol=TOLERANCE)
+    assert full.argmax(-1).tolist() == out[:, PROMPT_TOKENS:].tolist()
+    # the edit starts where asked: logits predicted from positions before from_position are clean
+    clean = _logits(lm, out)[:, PROMPT_TOKENS - 1 : -1]
+    first_edited = max(from_position or 0, PROMPT_TOKENS - 1) - (PROMPT_TOKENS - 1)
+    torch.testing.assert_close(
+        logits[:, :first_edited], clean[:, :first_edited], rtol=TOLERANCE, atol=TOLERANCE
+    )
+    assert (logits[:, first_edited:] - clean[:, first_edited:]).abs().amax(-1).min() > 0.01
+
+
+def test_from_position_counts_each_sequence_from_its_first_token_under_left_padding(cached_lm):
+    """A left-padded batch is edited as each prompt alone: from_position counts the model's
+    position ids (built from the attention mask), not the padded column index."""
+    _family, lm, sae = cached_lm
+    ids = encode_prompt(lm, PROMPT * 3)
+    lengths, from_position = (PROMPT_TOKENS, PROMPT_TOKENS - 6), PROMPT_TOKENS - 2
+    pad = lm.tokenizer.pad_token_id
+    padded = torch.full((2, PROMPT_TOKENS), pad)
+    mask = torch.zeros_like(padded)
+    for row, length in enumerate(lengths):
+        padded[row, PROMPT_TOKENS - length :] = ids[0, :length]
+        mask[row, PROMPT_TOKENS - length :] = 1
+    out, logits = _steered_generation(
+        lm, sae, padded, from_position, attention_mask=mask, pad_token_id=pad
+    )
+    for row, length in enumerate(lengths):
+        alone = out[row : row + 1, PROMPT_TOKENS - length :]
+        full = _steered_uncached(lm, sae, alone, from_position)[:, length - 1 : -1]
+        torch.testing.assert_close(logits[row : row + 1], full, rtol=TOLERANCE, atol=TOLERANCE)
+
+
+def test_from_position_follows_a_cache_passed_without_positions(cached_lm):
+    """A hand-written decoding loop passes only the cache; positions then start at its length,
+    as the model's own do."""
+    from transformers import DynamicCache
+
+    _family, lm, sae = cached_lm
+    ids = encode_prompt(lm, PROMPT * 3)[:, :PROMPT_TOKENS]
+    name = (
+        "cache" if "cache" in inspect.signature(lm.model.forward).parameters else "past_key_values"
+    )
+    cache = DynamicCache(config=lm.model.config)
+    from_position = PROMPT_TOKENS - 4
+    with (
+        torch.no_grad(),
+        latent_intervention(lm, sae, CACHED_HOOK, STEER, from_position=from_position),
+    ):
+        steps = [lm.model(ids[:, :8], use_cache=True, **{name: cache}).logits]
+        steps += [
+            lm.model(ids[:, t : t + 1], use_cache=True, **{name: cache}).logits
+            for t in range(8, PROMPT_TOKENS)
+        ]
+    full = _steered_uncached(lm, sae, ids, from_position)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=TOLERANCE, atol=TOLERANCE)
