@@ -8,13 +8,30 @@ from typing import Annotated
 
 import typer
 
+from saelab import __version__
 from saelab import cli_common as c
 
-app = typer.Typer(
-    help="saelab: train, evaluate and interpret sparse autoencoders on LM activations.",
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
-)
+# Plain click help (rich_markup_mode=None): it puts a long option name on a line of its own
+# where typer's rich tables cut it short at 80 columns, and wraps the help text beside it.
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, rich_markup_mode=None)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"saelab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """saelab: train, evaluate and interpret sparse autoencoders on LM activations."""
 
 
 @app.command()
@@ -59,10 +76,7 @@ def cache(
     ] = 128,
     batch_size: c.BatchSize = 8,
     shard_tokens: Annotated[int, typer.Option(help="Token positions per shard file.")] = 65536,
-    device: Annotated[
-        str | None,
-        typer.Option(help="Torch device of the LM (default: cuda if available, else cpu)."),
-    ] = None,
+    device: c.Device = None,
     dtype: Annotated[
         str, typer.Option(help="Storage dtype of the activations: float32, float16 or bfloat16.")
     ] = "float32",

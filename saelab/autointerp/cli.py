@@ -119,7 +119,7 @@ def explain_command(
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the scorers' example sampling.")] = 0,
     device: Annotated[
-        str | None, typer.Option(help="Torch device of the transformers backend.")
+        str | None, c.device_option("Torch device of the transformers backend.")
     ] = None,
     json_output: c.JsonSummary = False,
 ) -> None:

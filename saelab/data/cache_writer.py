@@ -95,13 +95,19 @@ def _cache_config(
 
 
 def _start_manifest(out: Path, config: dict) -> dict:
-    """The existing manifest to resume (after checking it matches), or a fresh one."""
+    """The existing manifest to resume (after checking it matches), or a fresh one.
+
+    A manifest without shards and not complete is from a run that failed before its first
+    shard (bad corpus, Ctrl-C, out of memory): it holds no data and is started afresh, with
+    this run's config, so that a rerun (the same command or a corrected one) is never blocked.
+    """
     if (out / MANIFEST).is_file():
         manifest = read_manifest(out)
-        check_config(out / MANIFEST, manifest["config"], config)
-        ActivationCache(out, allow_incomplete=True).verify()
-        return manifest
-    if out.exists() and any(out.iterdir()):
+        if manifest["shards"] or manifest["complete"]:
+            check_config(out / MANIFEST, manifest["config"], config)
+            ActivationCache(out, allow_incomplete=True).verify()
+            return manifest
+    elif out.exists() and any(out.iterdir()):
         raise CacheError(
             f"{out} exists and is not an activation cache (no {MANIFEST}); pick another --out."
         )

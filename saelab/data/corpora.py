@@ -18,6 +18,7 @@ from pathlib import Path
 from saelab.data.readers import corpus_files, read_file
 from saelab.data.seeding import derive_seed
 from saelab.data.split import DEFAULT_HELDOUT_FRACTION, check_split, in_split
+from saelab.lm.hub import HubLookupError, check_hub_access
 
 PYTHON_STDLIB = "python-stdlib"
 BUILTIN_CORPORA = (PYTHON_STDLIB,)
@@ -153,7 +154,8 @@ def load_corpus(
     dataset_split: str = "train",
     heldout_fraction: float = DEFAULT_HELDOUT_FRACTION,
 ) -> Corpus:
-    """Resolve a corpus name or path; local inputs are checked now, hub names when first read."""
+    """Resolve a corpus name or path. Local inputs are checked now; for a hub name, that the hub
+    answers or the dataset is cached (else CorpusNotFoundError at once), the name when first read."""
     if not 0.0 <= heldout_fraction < 1.0:
         raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}.")
     text = str(spec)
@@ -172,4 +174,8 @@ def load_corpus(
         return Corpus(str(path.resolve()), "files", **options)
     if text.startswith((".", "/", "~")) or path.suffix.lower() in (".txt", ".jsonl", ".parquet"):
         raise _not_found(text, f"no such file or folder {path}")
+    try:
+        check_hub_access(text.partition(":")[0], "dataset")
+    except HubLookupError as error:
+        raise _not_found(text, str(error)) from None
     return Corpus(text, "hub", **options)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from saelab import cli_common as c
 from saelab.train import cli_options as o
 
 
@@ -25,7 +26,8 @@ def sweep_command(
     eval_tokens: Annotated[
         int | None,
         typer.Option(
-            help="Held-out tokens each SAE is evaluated on (BOS/EOS/pad not counted) [8192]."
+            help="Held-out tokens each SAE is evaluated on, BOS/EOS/pad not counted "
+            "(default: 8192)."
         ),
     ] = None,
     eval_corpus: Annotated[
@@ -36,7 +38,8 @@ def sweep_command(
         ),
     ] = None,
     eval_batch_size: Annotated[
-        int | None, typer.Option(help="Contexts per LM forward pass in the evaluation [8].")
+        int | None,
+        typer.Option(help="Contexts per LM forward pass in the evaluation (default: 8)."),
     ] = None,
     eval_context_size: Annotated[
         int | None,
@@ -54,8 +57,9 @@ def sweep_command(
     """Train architectures × sparsity with equal width and budget, evaluate all, write Pareto plots.
 
     Writes every SAE's eval.json into its folder and, at the run root, sweep.csv, sweep.md and
-    plots/pareto_delta_lm_loss.{png,svg} and plots/pareto_fvu.{png,svg}. On --resume, eval
-    options not given again are taken from the run's sweep.yaml.
+    plots/pareto_delta_lm_loss.{png,svg} and plots/pareto_fvu.{png,svg}. Training options not
+    given take the --config file's value, else the default shown. On --resume, eval options
+    not given again are taken from the run's sweep.yaml.
     """
     from rich.console import Console
 
@@ -72,7 +76,7 @@ def sweep_command(
     try:
         cfg = o.run_config_from_flags(resume=resume, **flags)
         run_dir = cfg.out
-        result = run_sweep(cfg, eval_options, resume=resume is not None, log=log)
+        result = run_sweep(cfg, eval_options, resume=resume is not None, log=log, warn=c.warn)
     except (TrainingInterrupted, KeyboardInterrupt):
         typer.echo(f"Interrupted; continue with: saelab sweep --resume {run_dir}", err=True)
         raise typer.Exit(130) from None

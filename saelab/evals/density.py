@@ -6,8 +6,9 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
+
+from saelab.files import save_safetensors
 
 LATENT_STATS_FILE = "latent_stats.safetensors"
 DENSITY_PLOT_FILE = "feature_density.png"
@@ -43,8 +44,7 @@ def save_latent_stats(
         "firing_frequency": firing_frequency.double().cpu().contiguous(),
         "mean_activation": mean_activation.double().cpu().contiguous(),
     }
-    save_file(tensors, str(path), metadata={"n_tokens": str(n_tokens)})
-    return path
+    return save_safetensors(tensors, path, metadata={"n_tokens": str(n_tokens)})
 
 
 def plot_density(path: Path, histogram: dict, title: str) -> Path:

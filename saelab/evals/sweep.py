@@ -25,7 +25,7 @@ from saelab.evals.sweep_table import sweep_row, write_csv, write_markdown
 from saelab.formats.saelens import CFG_FILE, WEIGHTS_FILE
 from saelab.lm.dtypes import dtype_name, parse_dtype
 from saelab.sae import SAE
-from saelab.train.pipeline import CONFIG_FILE, member_layout, run_training
+from saelab.train.pipeline import CONFIG_FILE, _warn, member_layout, run_training
 from saelab.train.run_config import TOPK_ARCHS, RunConfig
 
 SWEEP_FILE = "sweep.yaml"  # the eval settings, reused by --resume unless flags override them
@@ -165,13 +165,14 @@ def train_or_load(
     resume: bool,
     progress: bool,
     log: Callable[[str], None],
+    warn: Callable[[str], None],
 ) -> dict[str, SAE]:
     """The trained SAEs by name: loaded when a resumed run already finished, else trained."""
     saes = load_trained(members) if resume else None
     if saes is not None:
         log(f"training of {cfg.out} already finished: loaded {len(saes)} SAE(s)")
         return saes
-    run_training(cfg, resume=resume, progress=progress, log=log)
+    run_training(cfg, resume=resume, progress=progress, log=log, warn=warn)
     saes = load_trained(members)
     if saes is None:
         raise OSError(f"training finished but the SAEs of {cfg.out} could not be loaded")
@@ -185,9 +186,12 @@ def run_sweep(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    warn: Callable[[str], None] = _warn,
 ) -> SweepResult | None:
     """Train (or resume) cfg's sweep, evaluate every SAE on the same held-out tokens, write
-    sweep.csv, sweep.md and the Pareto plots at cfg.out. None on non-main DDP ranks."""
+    sweep.csv, sweep.md and the Pareto plots at cfg.out. None on non-main DDP ranks.
+
+    warn gets the training's one-line warnings (as in run_training)."""
     out = Path(cfg.out)
     if not resume and (out / CONFIG_FILE).exists():
         raise FileExistsError(
@@ -198,11 +202,11 @@ def run_sweep(
     settings = eval_settings(cfg, options)  # bad eval options fail before any training
     if os.environ.get("RANK", "0") != "0":  # torchrun: every rank trains, rank 0 does the rest
         if not (resume and load_trained(members) is not None):
-            run_training(cfg, resume=resume, progress=progress, log=log)
+            run_training(cfg, resume=resume, progress=progress, log=log, warn=warn)
         return None
     out.mkdir(parents=True, exist_ok=True)
     (out / SWEEP_FILE).write_text(yaml.safe_dump({"eval": options}, sort_keys=False))
-    saes = train_or_load(cfg, members, resume=resume, progress=progress, log=log)
+    saes = train_or_load(cfg, members, resume=resume, progress=progress, log=log, warn=warn)
 
     first = saes[members[0].name].cfg
     model_name = first.model_name or cfg.model

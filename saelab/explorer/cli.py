@@ -50,8 +50,7 @@ def serve_command(
     hook: Annotated[str | None, typer.Option(help="Hook (default: the one analysed).")] = None,
     sae: Annotated[str | None, typer.Option(help="SAE path (default: the one analysed).")] = None,
     device: Annotated[
-        str | None,
-        typer.Option(help="Torch device of the live tools (default: cuda if available)."),
+        str | None, c.device_option("Torch device of the live tools (default: cuda if available).")
     ] = None,
 ) -> None:
     """Local web explorer: feature browser, top latents per token, steering playground.

@@ -8,9 +8,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import uvicorn
-from fastapi import FastAPI
+if TYPE_CHECKING:  # uvicorn and fastapi load when serving, not when the CLI starts
+    from fastapi import FastAPI
 
 DEFAULT_HOST = "127.0.0.1"  # loopback only unless the user asks otherwise
 DEFAULT_PORT = 8765
@@ -55,6 +56,8 @@ def check_port(host: str, port: int) -> None:
 
 def serve(app: FastAPI, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
     """Serve until Ctrl-C."""
+    import uvicorn
+
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
@@ -66,6 +69,8 @@ def running_server(
 
     The server is told to exit when the block ends and the thread is joined (bounded wait).
     """
+    import uvicorn
+
     port = port or free_port(host)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name=f"saelab-explorer-{port}", daemon=True)

@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from saelab.files import save_safetensors
 from saelab.formats.checks import load_checked_state
 from saelab.formats.errors import SAEFileError
 from saelab.sae import SAE, SAEConfig, build_sae, sae_class
@@ -65,9 +66,7 @@ def save_sae_dir(sae: SAE, path: Path, *, as_jumprelu: bool = False) -> Path:
     cfg = _saelens_cfg(sae, architecture) | {"saelab": ours, "saelab_version": __version__}
     path.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    tmp_weights = path / (WEIGHTS_FILE + ".tmp")
-    save_file(tensors, str(tmp_weights))
-    tmp_weights.replace(path / WEIGHTS_FILE)
+    save_safetensors(tensors, path / WEIGHTS_FILE)
     (path / CFG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
     return path
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 
 import torch
 
+from saelab.files import follow_umask
 from saelab.lm.cache_dir import user_cache_dir
 
 
@@ -52,10 +53,12 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    staging = target.parent / f".{target.name}-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()  # not mkdtemp, which makes it 0700: the folder and files follow the umask
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        follow_umask(staging)  # transformers writes its safetensors through safetensors (0600)
         try:
             staging.rename(target)
         except OSError:

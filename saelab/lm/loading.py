@@ -9,6 +9,7 @@ import torch
 from saelab.lm.aliases import BUILTIN_MODELS
 from saelab.lm.dtypes import parse_dtype
 from saelab.lm.gguf import cached_gguf_model
+from saelab.lm.hub import HubLookupError, check_hub_access
 from saelab.lm.model import LanguageModel
 
 
@@ -64,9 +65,17 @@ def load_model(
 
     name, source = resolve_model_dir(name_or_path)
     torch_dtype = parse_dtype(dtype)
+    local_only = False
+    if not isinstance(source, Path):  # a hub id: fail fast if it cannot be fetched now
+        try:
+            local_only = not check_hub_access(source, "model")
+        except HubLookupError as error:
+            raise _not_found(name, str(error)) from None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype, local_files_only=local_only
+        )
     except (OSError, ValueError) as error:
         if isinstance(source, Path):
             raise

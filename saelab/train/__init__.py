@@ -1,6 +1,28 @@
-"""Training: the lockstep loop, schedules, dead-latent tracking, resampling."""
+"""Training: the lockstep loop, schedules, dead-latent tracking, resampling.
 
-from saelab.train.config import RECIPES, TrainConfig
-from saelab.train.trainer import SAETrainer, normalization_constant, train
+Names are imported on first use (saelab.lazy), so the CLI can import saelab.train.cli_options
+without torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from saelab.lazy import lazy_package
+
+if TYPE_CHECKING:
+    from saelab.train.config import RECIPES, TrainConfig
+    from saelab.train.trainer import SAETrainer, normalization_constant, train
 
 __all__ = ["RECIPES", "SAETrainer", "TrainConfig", "normalization_constant", "train"]
+
+lazy_package(
+    __name__,
+    {
+        "RECIPES": "saelab.train.config",
+        "SAETrainer": "saelab.train.trainer",
+        "TrainConfig": "saelab.train.config",
+        "normalization_constant": "saelab.train.trainer",
+        "train": "saelab.train.trainer",
+    },
+)

@@ -7,7 +7,6 @@ Loading parses only the safetensors format and JSON, so a planted file cannot ru
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
 from collections.abc import Callable
@@ -15,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
+
+from saelab.files import fsync_path, save_safetensors
 
 KEEP = 2
 SUFFIX = ".safetensors"
@@ -65,25 +65,14 @@ def _decode(value: Any, tensors: dict[str, Tensor]) -> Any:
     return {k: _decode(v, tensors) for k, v in value.items()}
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(directory: Path, step: int, state: dict[str, Any]) -> Path:
     """Write the checkpoint of `step` atomically and keep only the newest KEEP checkpoints."""
     directory.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(directory, step)
-    tmp = directory / f".{final.name}.tmp"
     tensors: dict[str, Tensor] = {}
     metadata = {"format": FORMAT, "state": json.dumps(_encode(state, tensors))}
-    save_file(tensors, str(tmp), metadata=metadata)
-    _fsync(tmp)
-    tmp.replace(final)
-    _fsync(directory)
+    save_safetensors(tensors, final, metadata)
+    fsync_path(directory)
     for old in sorted(directory.glob(f"step_*{SUFFIX}"))[:-KEEP]:
         old.unlink()
     return final

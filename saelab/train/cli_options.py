@@ -1,4 +1,8 @@
-"""The `saelab train` options, shared by `saelab train` and `saelab sweep`, and their resolution."""
+"""The `saelab train` options, shared by `saelab train` and `saelab sweep`, and their resolution.
+
+Every option defaults to None, "not given": the value then comes from --config, else from
+RunConfig/TrainConfig; `[default: …]` in the help says what that is.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +10,30 @@ import functools
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from saelab.train.pipeline import CONFIG_FILE
-from saelab.train.run_config import RunConfig, read_config_file, resolve_run_config
+from saelab import cli_common as c
+
+if TYPE_CHECKING:
+    from saelab.train.run_config import RunConfig
 
 Model = Annotated[
-    str | None, typer.Option(help="Model: gemma-3-270m, a local dir, a .gguf file or a hub id.")
+    str | None,
+    typer.Option(
+        help="Model: gemma-3-270m, a local dir, a .gguf file or a hub id (or give --cache)."
+    ),
 ]
 Hook = Annotated[
     list[str] | None,
     typer.Option(help="Hook point (TransformerLens name); repeat for several hooks."),
 ]
 Corpus = Annotated[
-    str | None, typer.Option(help="Corpus: python-stdlib, local files or a datasets name.")
+    str | None,
+    typer.Option(
+        help="Corpus: python-stdlib, local files or a datasets name (default: python-stdlib)."
+    ),
 ]
 Cache = Annotated[
     str | None,
@@ -29,13 +41,17 @@ Cache = Annotated[
 ]
 Arch = Annotated[
     str | None,
-    typer.Option(help="Architecture(s), comma-separated: jumprelu, topk, batchtopk, gated, relu."),
+    typer.Option(
+        help="Architecture(s), comma-separated: jumprelu, topk, batchtopk, gated, relu "
+        "(default: jumprelu)."
+    ),
 ]
-Width = Annotated[int | None, typer.Option(help="Latents per SAE (default 16 × d_in).")]
+Width = Annotated[int | None, typer.Option(help="Latents per SAE (default: 16 × d_in).")]
 Tokens = Annotated[
-    int | None, typer.Option(help="Training tokens (the budget shared by every SAE).")
+    int | None,
+    typer.Option(help="Training tokens, the budget shared by every SAE (default: 2000000)."),
 ]
-BatchSize = Annotated[int | None, typer.Option(help="Tokens per optimizer step.")]
+BatchSize = Annotated[int | None, typer.Option(help="Tokens per optimizer step (default: 4096).")]
 Lr = Annotated[
     float | None, typer.Option(help="Learning rate (default: the architecture's recipe).")
 ]
@@ -43,28 +59,55 @@ Sparsity = Annotated[
     str | None,
     typer.Option(
         help="Sparsity coefficient(s) λ, comma-separated, for jumprelu, gated and relu; "
-        "per architecture as ARCH:λ items, e.g. jumprelu:0.001,jumprelu:0.01,gated:0.3."
+        "per architecture as ARCH:λ items, e.g. jumprelu:0.001,jumprelu:0.01,gated:0.3 "
+        "(default: the architecture's recipe)."
     ),
 ]
-K = Annotated[str | None, typer.Option(help="k value(s) for topk/batchtopk, comma-separated.")]
-Bandwidth = Annotated[float | None, typer.Option(help="JumpReLU kernel bandwidth ε (SPEC §2.4).")]
-Seed = Annotated[int | None, typer.Option(help="Seed of initialisation and data order.")]
-Device = Annotated[str | None, typer.Option(help="Torch device: cpu, cuda, cuda:N or mps.")]
-ModelDtype = Annotated[
-    str | None, typer.Option(help="Dtype the LM runs in: float32, float16 or bfloat16.")
+K = Annotated[
+    str | None,
+    typer.Option(help="k value(s) for topk/batchtopk, comma-separated (default: 64)."),
 ]
-ContextSize = Annotated[int | None, typer.Option(help="Tokens per packed context (BOS included).")]
-CheckpointEvery = Annotated[int | None, typer.Option(help="Steps between checkpoints.")]
+Bandwidth = Annotated[
+    float | None,
+    typer.Option(help="JumpReLU kernel bandwidth ε, SPEC §2.4 (default: 0.001)."),
+]
+Seed = Annotated[
+    int | None, typer.Option(help="Seed of initialisation and data order (default: 0).")
+]
+Device = Annotated[
+    str | None,
+    typer.Option(
+        help="Torch device: cpu, cuda, cuda:N or mps (default: cpu).",
+        callback=c.checked_device,
+    ),
+]
+ModelDtype = Annotated[
+    str | None,
+    typer.Option(help="Dtype the LM runs in: float32, float16 or bfloat16 (default: float32)."),
+]
+ContextSize = Annotated[
+    int | None,
+    typer.Option(help="Tokens per packed context, BOS included (default: 128)."),
+]
+CheckpointEvery = Annotated[
+    int | None, typer.Option(help="Steps between checkpoints (default: 500).")
+]
 Logger = Annotated[
     list[str] | None,
-    typer.Option(help="Extra logger: tensorboard or wandb (offline); repeatable."),
+    typer.Option(
+        help="Extra logger: tensorboard or wandb (offline); repeatable (default: none, "
+        "metrics.jsonl only)."
+    ),
 ]
 MaxMemoryGb = Annotated[
     float | None, typer.Option(help="Memory the sweep may use (default: what is free).")
 ]
-Out = Annotated[str | None, typer.Option(help="Run directory to create.")]
+Out = Annotated[str | None, typer.Option(help="Run directory to create (default: runs/run).")]
 Config = Annotated[
-    Path | None, typer.Option(help="YAML or TOML run config; flags override its values.")
+    Path | None,
+    typer.Option(
+        help="YAML or TOML run config; flags override its values, it overrides the defaults."
+    ),
 ]
 Resume = Annotated[
     Path | None,
@@ -124,6 +167,9 @@ def _ints(text: str | None) -> list[int] | None:
 
 def run_config_from_flags(*, resume: Path | None, config: Path | None, **flags: Any) -> RunConfig:
     """The RunConfig of `--resume DIR` (its config.yaml), else of --config FILE + the flags."""
+    from saelab.train.pipeline import CONFIG_FILE
+    from saelab.train.run_config import RunConfig, read_config_file, resolve_run_config
+
     if resume is not None:
         cfg = RunConfig.from_dict(read_config_file(resume / CONFIG_FILE), str(resume / CONFIG_FILE))
         cfg.out = str(resume)

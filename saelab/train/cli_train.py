@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
+from saelab import cli_common as c
 from saelab.train import cli_options as o
-from saelab.train.pipeline import (
-    RunAlreadyFinished,
-    SweepMember,
-    TrainingInterrupted,
-    run_training,
-)
 
-
-def _warn(message: str) -> None:
-    typer.echo(f"Warning: {message}", err=True)
+if TYPE_CHECKING:
+    from saelab.train.pipeline import SweepMember
 
 
 def final_table(members: list[SweepMember]) -> list[str]:
@@ -44,11 +38,16 @@ def train_command(
     resume: o.Resume = None,
     json_output: o.JsonOutput = False,
 ) -> None:
-    """Train one SAE or a lockstep sweep (architectures × sparsity × hooks) from one activation stream."""
+    """Train one SAE or a lockstep sweep (architectures × sparsity × hooks) from one activation stream.
+
+    Options not given take the --config file's value, else the default shown.
+    """
+    from saelab.train.pipeline import RunAlreadyFinished, TrainingInterrupted, run_training
+
     log = (lambda msg: typer.echo(msg, err=True)) if json_output else typer.echo
     try:
         cfg = o.run_config_from_flags(resume=resume, **flags)
-        members = run_training(cfg, resume=resume is not None, log=log, warn=_warn)
+        members = run_training(cfg, resume=resume is not None, log=log, warn=c.warn)
     except RunAlreadyFinished as done:
         log(str(done))
         if json_output:

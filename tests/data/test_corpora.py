@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from saelab.data import CorpusNotFoundError, is_heldout, load_corpus
+from saelab.data import CorpusNotFoundError, corpora, is_heldout, load_corpus
 from saelab.data.corpora import stdlib_files
 from saelab.data.readers import CorpusFormatError
 
@@ -116,6 +116,7 @@ def test_hub_dataset_is_streamed_and_shuffled_by_seed(monkeypatch):
         return datasets.IterableDataset.from_generator(lambda: iter(rows))
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(corpora, "check_hub_access", lambda repo_id, repo_type: True)
     corpus = load_corpus("someone/some-corpus:en")
     assert corpus.kind == "hub"
     docs = list(corpus.documents(split="all", seed=1))

@@ -231,7 +231,7 @@ def test_contrast_measures_dense_latents_on_both_corpora(dense_run):
 
 @pytest.mark.parametrize("command", ["prompt", "contrast"])
 def test_dense_options_are_documented_and_checked(dense_run, command):
-    help_text = _invoke(command, "--help").stdout
+    help_text = " ".join(_invoke(command, "--help").stdout.split())  # as one line, unwrapped
     for words in ("--exclude-dense", "--include-dense", "--dense-threshold", "more than half"):
         assert words in help_text, words
     if command == "prompt":
