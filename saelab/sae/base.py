@@ -162,6 +162,11 @@ class SAE(nn.Module, abc.ABC):
     def initialize_from_data(self, x: Tensor) -> None:
         """Data-dependent initialisation from a sample of (normalised) inputs; default none."""
 
+    def latent_parameters(self) -> list[tuple[nn.Parameter, int]]:
+        """(parameter, dim indexing latents) for every per-latent parameter: what resampling
+        re-initialises (with its optimizer moments) when it revives a latent."""
+        return [(self.W_enc, 1), (self.b_enc, 0), (self.W_dec, 0)]
+
     # ---- inference -----------------------------------------------------------------------
     def sae_input(self, x: Tensor) -> Tensor:
         """x − b_dec when apply_b_dec_to_input, else x (SPEC §2 "Common")."""

@@ -99,6 +99,9 @@ class JumpReLUSAE(SAE):
         with torch.no_grad():
             self.threshold.fill_(self.cfg.init_threshold)
 
+    def latent_parameters(self) -> list[tuple[nn.Parameter, int]]:
+        return [*super().latent_parameters(), (self.threshold, 0)]
+
     def activation(self, pre: Tensor) -> Tensor:
         """JumpReLU_θ(π) = π·H(π − θ)."""
         return threshold_mask(pre, self.threshold)
