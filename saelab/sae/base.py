@@ -12,7 +12,13 @@ import torch
 from torch import Tensor, nn
 
 from saelab.kernels import SparseCodes
+from saelab.sae.common import geometric_median
 from saelab.validation import check_known_fields, check_values
+
+
+SPARSITY_LOSSES = ("quadratic", "l0", "tanh")
+# SPEC §2.0: the data-dependent init looks at this many sampled inputs (≥ 10k).
+INIT_SAMPLE_TOKENS = 16_384
 
 
 @dataclass
@@ -30,15 +36,22 @@ class SAEConfig:
     apply_b_dec_to_input: bool = True
     # SPEC §1: the input-normalisation constant C already folded into the weights (provenance).
     normalization_constant: float = 1.0
+    # SPEC §2.0 data-dependent init: b_dec from the sample ("zeros" is the papers' value) and
+    # the encoder scale fitted so the step-0 reconstruction does not overshoot ("transpose"
+    # keeps W_enc = W_decᵀ as the papers do).
+    b_dec_init: str = "geometric_median"
+    encoder_init: str = "fit"
     # topk / batchtopk (SPEC §2.2)
     k: int | None = None
     aux_k: int | None = None
     aux_coefficient: float = 1 / 32
-    # jumprelu (SPEC §2.4)
-    bandwidth: float = 0.001
-    init_threshold: float = 0.001
-    sparsity_loss: str = "l0"
-    tanh_scale: float = 4.0
+    # jumprelu (SPEC §2.4). None = derived: ε = BANDWIDTH_FRACTION·θ₀ and θ₀ from the sample
+    # (§2.0) for the target L0; tanh_scale c = 4·√d_in (Anthropic's c = 4 in §1 units).
+    bandwidth: float | None = None
+    init_threshold: float | None = None
+    sparsity_loss: str = "quadratic"
+    target_l0: float | None = None
+    tanh_scale: float | None = None
     pre_act_coefficient: float = 0.0
     # gated (SPEC §2.3)
     gated_variant: str = "ri-l1"
@@ -64,9 +77,26 @@ class SAEConfig:
                 f"an integer in [1, d_sae={self.d_sae}]",
             ),
             "aux_k": (self.aux_k is None or self.aux_k >= 1, "an integer ≥ 1"),
-            "bandwidth": (self.bandwidth > 0, "a positive float"),
-            "init_threshold": (self.init_threshold > 0, "a positive float"),
-            "sparsity_loss": (self.sparsity_loss in ("l0", "tanh"), "'l0' or 'tanh'"),
+            "b_dec_init": (
+                self.b_dec_init in ("geometric_median", "mean", "zeros"),
+                "'geometric_median', 'mean' or 'zeros'",
+            ),
+            "encoder_init": (self.encoder_init in ("fit", "transpose"), "'fit' or 'transpose'"),
+            "aux_coefficient": (self.aux_coefficient >= 0, "≥ 0"),
+            "bandwidth": (self.bandwidth is None or self.bandwidth > 0, "a positive float"),
+            "init_threshold": (
+                self.init_threshold is None or self.init_threshold > 0,
+                "a positive float",
+            ),
+            "sparsity_loss": (
+                self.sparsity_loss in SPARSITY_LOSSES,
+                "'" + "', '".join(SPARSITY_LOSSES) + "'",
+            ),
+            "target_l0": (
+                self.target_l0 is None or 0 < self.target_l0 <= self.d_sae,
+                f"a number in (0, d_sae={self.d_sae}]",
+            ),
+            "tanh_scale": (self.tanh_scale is None or self.tanh_scale > 0, "a positive float"),
             "pre_act_coefficient": (self.pre_act_coefficient >= 0, "≥ 0"),
             "gated_variant": (
                 self.gated_variant in ("ri-l1", "unit-norm"),
@@ -134,6 +164,7 @@ class SAE(nn.Module, abc.ABC):
         self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_in, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=dtype))
         self._init_encoder(dtype)
+        self.needs_data_init = False
 
     # ---- structure -----------------------------------------------------------------------
     def _init_encoder(self, dtype: torch.dtype) -> None:
@@ -151,16 +182,65 @@ class SAE(nn.Module, abc.ABC):
         return True
 
     def reset_parameters(self) -> None:
-        """The architecture's initialisation (SPEC §2): random unit decoder rows, W_enc = W_decᵀ."""
+        """The architecture's initialisation (SPEC §2): random unit decoder rows, W_enc = W_decᵀ.
+
+        Marks the SAE for the data-dependent init (SPEC §2.0) that train() runs before step 0;
+        an SAE built from a file is never marked, so training it fine-tunes its weights.
+        """
         with torch.no_grad():
             nn.init.kaiming_uniform_(self.W_dec)
             self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
             self.W_enc.copy_(self.W_dec.T)
             self.b_enc.zero_()
             self.b_dec.zero_()
+        self.needs_data_init = True
 
+    @torch.no_grad()
     def initialize_from_data(self, x: Tensor) -> None:
-        """Data-dependent initialisation from a sample of (normalised) inputs; default none."""
+        """SPEC §2.0 on a sample of normalised inputs: b_dec, thresholds, then the encoder scale.
+
+        The computed values go to cfg.metadata["init"] so cfg.json records how the run started.
+        """
+        x = x.reshape(-1, x.shape[-1])[:INIT_SAMPLE_TOKENS].to(self.W_dec.dtype)
+        cfg = self.cfg
+        if cfg.b_dec_init == "geometric_median":
+            self.b_dec.copy_(geometric_median(x).to(self.b_dec.dtype))
+        elif cfg.b_dec_init == "mean":
+            self.b_dec.copy_(x.mean(0))
+        record: dict[str, Any] = {"b_dec": cfg.b_dec_init, "encoder": cfg.encoder_init}
+        record |= self._init_thresholds(x)
+        if cfg.encoder_init == "fit":
+            scale = self._reconstruction_scale(x)
+            self._scale_encoder(scale)
+            record["encoder_scale"] = scale
+        record |= self._after_scale(x)
+        cfg.metadata["init"] = record
+        self.needs_data_init = False
+
+    def _init_thresholds(self, x: Tensor) -> dict[str, Any]:
+        """Set any firing threshold from the sample (SPEC §2.0); returns what it recorded."""
+        return {}
+
+    def _after_scale(self, x: Tensor) -> dict[str, Any]:
+        """Settings that depend on the final initial weights (e.g. JumpReLU's ε)."""
+        return {}
+
+    def _reconstruction_scale(self, x: Tensor) -> float:
+        """The s > 0 minimising ‖(x − b_dec) − s·(x̂ − b_dec)‖² on the sample (SPEC §2.0).
+
+        f is positively homogeneous in (W_enc, b_enc, θ), so scaling them by s scales x̂ − b_dec
+        by s without changing which latents fire; s = 1 when nothing fires.
+        """
+        centred, recon = x - self.b_dec, self.forward(x) - self.b_dec
+        denominator = float(recon.double().pow(2).sum())
+        if denominator == 0.0:
+            return 1.0
+        return max(float((centred.double() * recon.double()).sum()) / denominator, 1e-3)
+
+    def _scale_encoder(self, s: float) -> None:
+        """Multiply the encoder (W_enc, b_enc and any threshold) by s."""
+        self.W_enc *= s
+        self.b_enc *= s
 
     def latent_parameters(self) -> list[tuple[nn.Parameter, int]]:
         """(parameter, dim indexing latents) for every per-latent parameter: what resampling

@@ -16,15 +16,24 @@ from saelab.kernels import (
     maybe_compiled,
     scratch,
     sparse_decode,
+    sparse_aux_k_loss,
     sparse_pre_acts,
     take,
     use_sparse,
 )
 from saelab.sae.base import SAE, TrainOutput
-from saelab.sae.common import squared_error, threshold_mask
+from saelab.sae.common import aux_k_loss, squared_error, threshold_mask
 from saelab.sae.registry import register
 
 MIN_THRESHOLD = 1e-6
+# SPEC §2.4 recipe values, used when the data-dependent init is switched off.
+PAPER_THRESHOLD = 0.001
+PAPER_BANDWIDTH = 0.001
+# Without a target L0 the data-dependent θ₀ aims at this many active latents (SPEC §2.0).
+DEFAULT_TARGET_L0 = 32
+# ε = this fraction of θ₀: wide enough that the kernel sees a few % of pre-activations at
+# step 0, narrow enough to stay unbiased (docs/jumprelu-training.md, "bandwidth").
+BANDWIDTH_FRACTION = 0.3
 
 
 def _rectangle(u: Tensor) -> Tensor:
@@ -75,29 +84,75 @@ class StepFunction(torch.autograd.Function):
 
 @register
 class JumpReLUSAE(SAE):
-    """f = JumpReLU_θ(π) with a learned per-latent threshold θ > 0, kept in fp32."""
+    """f = JumpReLU_θ(π) with a learned per-latent threshold θ > 0, kept in fp32.
+
+    Sparsity loss (SPEC §2.4): "quadratic" λ·(L0/target − 1)² (default, target_l0 = 32),
+    "l0" λ·L0 (the paper) or "tanh" λ·Σ tanh(c·f_i‖d_i‖). On latents the trainer marks dead,
+    AuxK (aux_coefficient, SPEC §2.2) trains their encoder on the residual and the
+    pre-activation loss (pre_act_coefficient) lowers their θ towards their pre-activations.
+    """
 
     architecture = "jumprelu"
     options = (
         "bandwidth",
         "init_threshold",
         "sparsity_loss",
+        "target_l0",
         "tanh_scale",
         "pre_act_coefficient",
+        "aux_k",
+        "aux_coefficient",
+        "b_dec_init",
+        "encoder_init",
         "apply_b_dec_to_input",
         "normalization_constant",
     )
 
     def __init__(self, cfg) -> None:
+        if cfg.sparsity_loss == "quadratic" and cfg.target_l0 is None:
+            cfg.target_l0 = min(DEFAULT_TARGET_L0, cfg.d_sae)
         super().__init__(cfg)
         # SPEC §2.4: θ stays fp32 even when the rest is bf16 (a bf16 θ stops learning).
         dtype = torch.promote_types(self.W_dec.dtype, torch.float32)
-        self.threshold = nn.Parameter(torch.full((cfg.d_sae,), cfg.init_threshold, dtype=dtype))
+        theta = cfg.init_threshold or PAPER_THRESHOLD
+        self.threshold = nn.Parameter(torch.full((cfg.d_sae,), theta, dtype=dtype))
+
+    @property
+    def bandwidth(self) -> float:
+        """ε: the configured value, else the paper's until the data-dependent init sets it."""
+        return self.cfg.bandwidth or PAPER_BANDWIDTH
+
+    @property
+    def k_aux(self) -> int:
+        """Dead latents used by AuxK per token: d_in/2 unless configured (SPEC §2.2)."""
+        return self.cfg.aux_k or max(1, self.cfg.d_in // 2)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
         with torch.no_grad():
-            self.threshold.fill_(self.cfg.init_threshold)
+            self.threshold.fill_(self.cfg.init_threshold or PAPER_THRESHOLD)
+
+    def _init_thresholds(self, x: Tensor) -> dict[str, float]:
+        """θ₀ = the pre-activation level above which the sample has target_l0 active latents."""
+        if self.cfg.init_threshold is not None:
+            return {"threshold": self.cfg.init_threshold}
+        pre = self.pre_acts(x).float()
+        target = self.cfg.target_l0 or min(DEFAULT_TARGET_L0, self.cfg.d_sae)
+        count = max(1, round(target * pre.shape[0]))
+        theta = max(float(pre.reshape(-1).topk(count, sorted=False).values.min()), MIN_THRESHOLD)
+        self.threshold.fill_(theta)
+        return {"target_l0": target}
+
+    def _scale_encoder(self, s: float) -> None:
+        super()._scale_encoder(s)
+        self.threshold *= s
+        self.threshold.clamp_(min=MIN_THRESHOLD)
+
+    def _after_scale(self, x: Tensor) -> dict[str, float]:
+        theta = float(self.threshold.mean())
+        if self.cfg.bandwidth is None:
+            self.cfg.bandwidth = BANDWIDTH_FRACTION * theta
+        return {"threshold": theta, "bandwidth": self.cfg.bandwidth}
 
     def latent_parameters(self) -> list[tuple[nn.Parameter, int]]:
         return [*super().latent_parameters(), (self.threshold, 0)]
@@ -109,78 +164,126 @@ class JumpReLUSAE(SAE):
     def activation_(self, pre: Tensor) -> Tensor:
         return threshold_mask(pre, self.threshold, in_place=True)
 
+    def sparsity_term(
+        self, l0: Tensor, values: Tensor, norms: Tensor | None, lam: float, tokens: int
+    ) -> Tensor:
+        """λ times the configured sparsity loss (SPEC §2.4), from the STE L0 (mean over tokens)
+        or, for tanh, from the active values with their decoder-row norms."""
+        cfg = self.cfg
+        if cfg.sparsity_loss == "quadratic":
+            return lam * (l0 / cfg.target_l0 - 1.0).pow(2)
+        if cfg.sparsity_loss == "l0":
+            return lam * l0
+        scale = cfg.tanh_scale or 4.0 * cfg.d_in**0.5  # Anthropic's c = 4 in §1 units
+        return lam * torch.tanh(scale * values * norms).sum() / tokens
+
+    def pre_act_loss(self, pre: Tensor, dead: Tensor) -> Tensor:
+        """λ_P·Σ_dead ReLU(θ_i − π_i)·‖d_i‖ per token (SPEC §2.4), pre without a graph.
+
+        Given to θ only: with the π-gradient too, training diverged at 500k tokens
+        (docs/jumprelu-training.md); AuxK gives dead latents their encoder gradient instead.
+        """
+        cols = dead.nonzero().squeeze(1)
+        gap = (self.threshold[cols] - pre[:, cols].to(self.threshold.dtype)).relu()
+        norms = self.W_dec[cols].norm(dim=1).detach().to(gap.dtype)
+        return self.cfg.pre_act_coefficient * (gap * norms).sum() / pre.shape[0]
+
     def train_forward(
         self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None = None
     ) -> TrainOutput:
-        cfg = self.cfg
-        if (
-            kernel_options().mode != "dense"
-            and cfg.sparsity_loss == "l0"
-            and not (cfg.pre_act_coefficient > 0 and dead_mask is not None)
-        ):
-            return self._kernel_train_forward(x, sparsity_coefficient)
-        return maybe_compiled(self._dense_train_forward)(x, sparsity_coefficient, dead_mask)
+        dead = dead_mask if dead_mask is not None and bool(dead_mask.any()) else None
+        if kernel_options().mode != "dense":
+            return self._kernel_train_forward(x, sparsity_coefficient, dead)
+        return maybe_compiled(self._dense_train_forward)(x, sparsity_coefficient, dead)
+
+    def _terms(
+        self, x: Tensor, x_hat: Tensor, sparsity: Tensor, pre: Tensor, dead: Tensor | None, aux
+    ) -> dict[str, Tensor]:
+        """The named loss terms; aux() computes the AuxK loss only when it is used."""
+        terms = {"mse_loss": squared_error(x, x_hat), "sparsity_loss": sparsity}
+        if dead is not None and self.cfg.aux_coefficient > 0:
+            terms["aux_loss"] = self.cfg.aux_coefficient * aux()
+        if dead is not None and self.cfg.pre_act_coefficient > 0:
+            terms["pre_act_loss"] = self.pre_act_loss(pre.detach(), dead)
+        return terms
 
     def _dense_train_forward(
-        self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None
+        self, x: Tensor, sparsity_coefficient: float, dead: Tensor | None
     ) -> TrainOutput:
-        """The objective with dense (tokens × latents) tensors: any sparsity loss, any L0."""
-        cfg = self.cfg
+        """The objective with dense (tokens × latents) tensors: the reference for the kernels."""
+        x2 = x.reshape(-1, x.shape[-1])
         with matmul_autocast(x.device):
-            pre = self.pre_acts(x)
-            f = JumpReLUFunction.apply(pre, self.threshold, cfg.bandwidth)
+            pre = self.pre_acts(x2)
+            f = JumpReLUFunction.apply(pre, self.threshold, self.bandwidth)
             x_hat = self.decode(f)
-        terms = {"mse_loss": squared_error(x, x_hat)}
-        if cfg.sparsity_loss == "l0":
-            l0 = StepFunction.apply(pre, self.threshold, cfg.bandwidth).sum(-1).mean()
-            terms["sparsity_loss"] = sparsity_coefficient * l0
-        else:
-            # SPEC §2.4 "tanh" variant (Anthropic, Jan 2025).
-            weighted = f * self.W_dec.norm(dim=1)
-            terms["sparsity_loss"] = (
-                sparsity_coefficient * torch.tanh(cfg.tanh_scale * weighted).sum(-1).mean()
-            )
-        if cfg.pre_act_coefficient > 0 and dead_mask is not None and bool(dead_mask.any()):
-            # Pull dead latents' pre-activations up to their thresholds (SPEC §2.4 variant).
-            gap = (self.threshold - pre).relu() * self.W_dec.norm(dim=1)
-            terms["pre_act_loss"] = cfg.pre_act_coefficient * (gap * dead_mask).sum(-1).mean()
-        return TrainOutput(sum(terms.values()), terms, f, x_hat)
+        l0 = StepFunction.apply(pre, self.threshold, self.bandwidth).sum(-1).mean()
+        norms = self.W_dec.norm(dim=1) if self.cfg.sparsity_loss == "tanh" else None
+        sparsity = self.sparsity_term(l0, f, norms, sparsity_coefficient, x2.shape[0])
+        terms = self._terms(
+            x2,
+            x_hat,
+            sparsity,
+            pre,
+            dead,
+            lambda: aux_k_loss(x2, x_hat, pre, self.W_dec, dead, self.k_aux),
+        )
+        return TrainOutput(sum(terms.values()), terms, f, x_hat.reshape(x.shape))
 
-    def _kernel_train_forward(self, x: Tensor, sparsity_coefficient: float) -> TrainOutput:
-        """The L0 objective via saelab.kernels: π once without a graph, then sparse or dense.
+    def _kernel_train_forward(
+        self, x: Tensor, sparsity_coefficient: float, dead: Tensor | None
+    ) -> TrainOutput:
+        """The objective via saelab.kernels: π once without a graph, then sparse or dense.
 
-        Only entries with π > θ − ε/2 (active or inside the kernel window) carry any gradient
-        (SPEC §2.4), so the sparse path touches just those; "auto" measures their density.
+        Only entries with π > θ − ε (active or inside the kernel window) carry any gradient of
+        the reconstruction and sparsity terms (SPEC §2.4), so the sparse path touches just
+        those; "auto" measures their density. Dead-latent terms read their own columns.
         """
-        cfg, theta = self.cfg, self.threshold
+        theta, eps, tanh = self.threshold, self.bandwidth, self.cfg.sparsity_loss == "tanh"
         x2 = x.reshape(-1, x.shape[-1]).to(self.W_dec.dtype)
         sae_in, b_dec = self.sparse_sae_input(x2)
         pre = dense_pre_acts(sae_in, self.W_enc, self.b_enc, owner=self)
         window = jumprelu_window(
-            pre, theta, cfg.bandwidth, scratch(self, "window", pre.shape, torch.bool, pre.device)
+            pre, theta, eps, scratch(self, "window", pre.shape, torch.bool, pre.device)
         )
         density = float(torch.count_nonzero(window)) / window.numel()
         if kernel_options().mode == "sparse" or use_sparse(density):
             pattern = SparsePattern.from_mask(window)
             z = sparse_pre_acts(sae_in, self.W_enc, self.b_enc, pre, pattern, b_dec)
             theta_j = theta[pattern.cols]
-            values = JumpReLUFunction.apply(z, theta_j, cfg.bandwidth)
+            values = JumpReLUFunction.apply(z, theta_j, eps)
             x_hat = sparse_decode(values, self.W_dec, self.b_dec, pattern)
-            l0 = StepFunction.apply(z, theta_j, cfg.bandwidth).sum() / x2.shape[0]
+            l0 = StepFunction.apply(z, theta_j, eps).sum() / x2.shape[0]
+            norms = self.W_dec.norm(dim=1)[pattern.cols] if tanh else None
             codes = SparseCodes(pattern, values)
         elif kernel_options().compile:
-            return maybe_compiled(self._dense_train_forward)(x, sparsity_coefficient, None)
+            return maybe_compiled(self._dense_train_forward)(x, sparsity_coefficient, dead)
         else:
             take(self, "pre")  # π now lives in the autograd graph, so it must not be reused
             z = dense_pre_acts_with_grad(self.sae_input(x2), self.W_enc, self.b_enc, pre)
-            codes = JumpReLUFunction.apply(z, theta, cfg.bandwidth)
+            codes = values = JumpReLUFunction.apply(z, theta, eps)
             with matmul_autocast(x.device):
                 x_hat = self.decode(codes)
-            l0 = StepFunction.apply(z, theta, cfg.bandwidth).sum(-1).mean()
-        terms = {
-            "mse_loss": squared_error(x2, x_hat),
-            "sparsity_loss": sparsity_coefficient * l0,
-        }
+            l0 = StepFunction.apply(z, theta, eps).sum(-1).mean()
+            norms = self.W_dec.norm(dim=1) if tanh else None
+        sparsity = self.sparsity_term(l0, values, norms, sparsity_coefficient, x2.shape[0])
+        terms = self._terms(
+            x2,
+            x_hat,
+            sparsity,
+            pre,
+            dead,
+            lambda: sparse_aux_k_loss(
+                (x2 - x_hat).detach(),
+                sae_in,
+                pre.detach(),
+                dead,
+                self.k_aux,
+                self.W_enc,
+                self.b_enc,
+                self.W_dec,
+                b_dec,
+            ),
+        )
         return TrainOutput(sum(terms.values()), terms, codes, x_hat.reshape(x.shape))
 
     @torch.no_grad()

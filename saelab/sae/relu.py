@@ -17,7 +17,13 @@ class ReLUSAE(SAE):
     """f = ReLU(π); loss ‖x − x̂‖² + λ Σ_i f_i ‖d_i‖. Saved as SAELens "standard"."""
 
     architecture = "relu"
-    options = ("unit_norm_decoder", "apply_b_dec_to_input", "normalization_constant")
+    options = (
+        "unit_norm_decoder",
+        "b_dec_init",
+        "encoder_init",
+        "apply_b_dec_to_input",
+        "normalization_constant",
+    )
 
     @property
     def unit_norm_decoder(self) -> bool:

@@ -15,7 +15,7 @@ from saelab.kernels import (
     use_sparse,
 )
 from saelab.sae.base import SAE, TrainOutput
-from saelab.sae.common import aux_k_loss, geometric_median, squared_error, topk_mask
+from saelab.sae.common import aux_k_loss, squared_error, topk_mask
 from saelab.sae.registry import register
 
 DEFAULT_K = 32
@@ -30,6 +30,8 @@ class TopKSAE(SAE):
         "k",
         "aux_k",
         "aux_coefficient",
+        "b_dec_init",
+        "encoder_init",
         "apply_b_dec_to_input",
         "normalization_constant",
     )
@@ -43,10 +45,6 @@ class TopKSAE(SAE):
     def k_aux(self) -> int:
         """k_aux = d_in/2 unless configured (SPEC §2.2)."""
         return self.cfg.aux_k or max(1, self.cfg.d_in // 2)
-
-    def initialize_from_data(self, x: Tensor) -> None:
-        """b_dec = geometric median of a sample of inputs (SPEC §2.2 init)."""
-        self.b_dec.data.copy_(geometric_median(x).to(self.b_dec.dtype))
 
     def activation(self, pre: Tensor) -> Tensor:
         """TopK_k(ReLU(π)) per token."""

@@ -11,15 +11,23 @@ from typing import TYPE_CHECKING
 from saelab.lazy import lazy_package
 
 if TYPE_CHECKING:
-    from saelab.train.config import RECIPES, TrainConfig
+    from saelab.train.config import PAPER_RECIPES, TrainConfig, recipe_for
     from saelab.train.trainer import SAETrainer, normalization_constant, train
 
-__all__ = ["RECIPES", "SAETrainer", "TrainConfig", "normalization_constant", "train"]
+__all__ = [
+    "PAPER_RECIPES",
+    "SAETrainer",
+    "TrainConfig",
+    "normalization_constant",
+    "recipe_for",
+    "train",
+]
 
 lazy_package(
     __name__,
     {
-        "RECIPES": "saelab.train.config",
+        "PAPER_RECIPES": "saelab.train.config",
+        "recipe_for": "saelab.train.config",
         "SAETrainer": "saelab.train.trainer",
         "TrainConfig": "saelab.train.config",
         "normalization_constant": "saelab.train.trainer",

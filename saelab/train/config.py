@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ from saelab.validation import check_known_fields, check_values
 
 @dataclass(frozen=True)
 class Recipe:
-    """An architecture's published training recipe, used where TrainConfig leaves None."""
+    """An architecture's training schedule, used where TrainConfig leaves None."""
 
     lr: float
     betas: tuple[float, float]
@@ -22,7 +23,7 @@ class Recipe:
     sparsity_warmup_fraction: float
 
 
-RECIPES: dict[str, Recipe] = {
+PAPER_RECIPES: dict[str, Recipe] = {
     # SPEC §2.4 (Gemma Scope): Adam β=(0, 0.999), cosine LR warm-up over 1,000 steps,
     # λ linear warm-up over 10,000 steps (both capped at 10% of the run for short runs).
     "jumprelu": Recipe(7e-5, (0.0, 0.999), 1e-3, 1000, 0.0, 10_000, 0.0),
@@ -34,6 +35,75 @@ RECIPES: dict[str, Recipe] = {
     # SPEC §2.3: trained like the RI-L1 ReLU baseline.
     "gated": Recipe(5e-5, (0.9, 0.999), 1.0, 0, 0.2, None, 0.05),
 }
+# SAE options that turn off saelab's departures from the papers (SPEC §2.0, §2.4).
+PAPER_SAE_OPTIONS: dict[str, dict[str, Any]] = {
+    "jumprelu": {
+        "b_dec_init": "zeros",
+        "encoder_init": "transpose",
+        "init_threshold": 0.001,
+        "bandwidth": 0.001,
+        "sparsity_loss": "l0",
+        "aux_coefficient": 0.0,
+        "pre_act_coefficient": 0.0,
+    },
+    "relu": {"b_dec_init": "zeros", "encoder_init": "transpose"},
+    "gated": {"b_dec_init": "zeros", "encoder_init": "transpose", "gated_variant": "ri-l1"},
+    # OpenAI's TopK already starts b_dec at the geometric median (SPEC §2.2).
+    "topk": {"encoder_init": "transpose"},
+    "batchtopk": {"encoder_init": "transpose"},
+}
+# Budget recipe (docs/jumprelu-training.md, "budget defaults"): Adam LR measured best for width
+# 4,096 at batch 512 on gemma-3-270m, scaled by √(batch/512) and by 1/√width (Gao et al. 2024).
+BUDGET_LR = 7e-4
+BUDGET_LR_BATCH = 512
+BUDGET_LR_WIDTH = 4096
+MAX_BUDGET_LR = 3e-3
+# Steps a budget run aims for: the batch is the power of 2 nearest tokens / this, in [256, 4096].
+BUDGET_STEPS = 1000
+MIN_BATCH, MAX_BATCH = 256, 4096
+BUDGET_WARMUP_FRACTION = 0.05
+BUDGET_DECAY_FRACTION = 0.2
+BUDGET_SPARSITY = {
+    "relu": 5.0,
+    "gated": 1.0,
+    "topk": 0.0,
+    "batchtopk": 0.0,
+}
+# JumpReLU λ per sparsity loss: quadratic is a unit-free penalty on L0/target (SPEC §2.4).
+JUMPRELU_SPARSITY = {"quadratic": 1.0, "l0": 1e-3, "tanh": 1e-3}
+RECIPE_NAMES = ("budget", "paper")
+
+
+def budget_batch_size(total_tokens: int) -> int:
+    """The power of 2 nearest total_tokens / BUDGET_STEPS, clamped to [256, 4096]."""
+    target = max(total_tokens / BUDGET_STEPS, 1.0)
+    return int(min(MAX_BATCH, max(MIN_BATCH, 2 ** round(math.log2(target)))))
+
+
+def budget_lr(batch_size: int, d_sae: int) -> float:
+    """BUDGET_LR scaled by √(batch/512)·√(4096/width), capped at MAX_BUDGET_LR."""
+    lr = BUDGET_LR * math.sqrt(batch_size / BUDGET_LR_BATCH) * math.sqrt(BUDGET_LR_WIDTH / d_sae)
+    return min(lr, MAX_BUDGET_LR)
+
+
+def recipe_for(sae_cfg: Any, config: TrainConfig) -> Recipe:
+    """The schedule defaults for one SAE: the paper's (recipe="paper") or the budget rules."""
+    arch = sae_cfg.architecture
+    if config.recipe == "paper":
+        return PAPER_RECIPES[arch]
+    steps = config.total_steps
+    sparsity = (
+        JUMPRELU_SPARSITY[sae_cfg.sparsity_loss] if arch == "jumprelu" else BUDGET_SPARSITY[arch]
+    )
+    return Recipe(
+        lr=budget_lr(config.batch_size, sae_cfg.d_sae),
+        betas=(0.9, 0.999),
+        sparsity_coefficient=sparsity,
+        lr_warmup_steps=int(steps * BUDGET_WARMUP_FRACTION),
+        lr_decay_fraction=BUDGET_DECAY_FRACTION,
+        sparsity_warmup_steps=None,
+        sparsity_warmup_fraction=0.0 if arch == "jumprelu" else 0.05,
+    )
 
 
 @dataclass
@@ -41,7 +111,10 @@ class TrainConfig:
     """How to train one SAE or a lockstep group; None means "the architecture's recipe"."""
 
     total_tokens: int = 2_000_000
-    batch_size: int = 4096
+    # None: the budget rule (budget_batch_size), 4,096 under the paper recipe.
+    batch_size: int | None = None
+    # "budget": schedules derived from the run's steps and width; "paper": PAPER_RECIPES.
+    recipe: str = "budget"
     lr: float | None = None
     sparsity_coefficient: float | None = None
     seed: int = 0
@@ -62,9 +135,14 @@ class TrainConfig:
     progress: bool = False
 
     def __post_init__(self) -> None:
+        if self.batch_size is None and self.recipe == "paper":
+            self.batch_size = MAX_BATCH
+        elif self.batch_size is None:
+            self.batch_size = budget_batch_size(self.total_tokens)
         checks = {
             "total_tokens": (self.total_tokens >= 1, "an integer ≥ 1"),
             "batch_size": (self.batch_size >= 1, "an integer ≥ 1"),
+            "recipe": (self.recipe in RECIPE_NAMES, "'budget' or 'paper'"),
             "lr": (self.lr is None or self.lr > 0, "a positive float"),
             "sparsity_coefficient": (
                 self.sparsity_coefficient is None or self.sparsity_coefficient >= 0,

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from saelab.sae import SAE
 from saelab.train.batches import BatchStream, cycling_message, rounding_message
-from saelab.train.config import RECIPES, TrainConfig
+from saelab.train.config import TrainConfig, recipe_for
 from saelab.train.dead import DeadLatentTracker
 from saelab.train.distributed import (
     any_across_ranks,
@@ -27,7 +27,7 @@ from saelab.train.schedules import LRSchedule, SparsitySchedule
 History = list[dict[str, float]]
 # SPEC §2.2 uses a 10M-token dead window; shorter runs scale it to a fraction of their budget.
 DEAD_WINDOW_TOKENS = 10_000_000
-DEAD_WINDOW_FRACTION = 0.1
+DEAD_WINDOW_FRACTION = 0.05
 
 
 def normalization_constant(sample: Tensor) -> float:
@@ -39,7 +39,7 @@ class SAETrainer:
     """One SAE's optimizer, schedules, dead-latent tracker and history inside a lockstep run."""
 
     def __init__(self, sae: SAE, config: TrainConfig) -> None:
-        recipe = RECIPES[sae.cfg.architecture]
+        recipe = recipe_for(sae.cfg, config)
         steps = config.total_steps
         self.sae, self.config = sae, config
         self.lr = LRSchedule(
@@ -146,6 +146,9 @@ class SAETrainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, value in state["sae_cfg"].items():  # settings the data init derived
+            setattr(self.sae.cfg, name, value)
+        self.sae.needs_data_init = False
         self.sae.load_state_dict(state["sae"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.tracker.load_state_dict(state["tracker"])
@@ -211,7 +214,9 @@ class Lockstep:
         return f"{cols.start}:{cols.stop}"
 
     def prepare(self) -> None:
-        """Estimate each column group's C on the first tokens and run data-dependent inits."""
+        """Estimate each column group's C on the first tokens, then per SAE: the data-dependent
+        init (SPEC §2.0) for a fresh one, or, for one holding trained weights, unfold its
+        stored normalisation so it takes x/C (folded back by finish)."""
         torch.manual_seed(self.configs[0].seed)
         shared = self.configs[0]
         sample = self.stream.peek(shared.norm_estimate_tokens).to(shared.device)
@@ -221,7 +226,10 @@ class Lockstep:
                 self.norms[key] = (
                     normalization_constant(sample[:, cols]) if shared.normalize else 1.0
                 )
-            sae.initialize_from_data(sample[:, cols] / self.norms[key])
+            if sae.needs_data_init:
+                sae.initialize_from_data(sample[:, cols] / self.norms[key])
+            else:
+                sae.fold_normalization(1.0 / self.norms[key])
 
     def train_step(self) -> None:
         """One batch, one optimizer step for every SAE."""

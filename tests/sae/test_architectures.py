@@ -34,7 +34,8 @@ def test_seeded_init_is_reproducible_and_follows_spec():
         assert torch.equal(p, q), n
     torch.testing.assert_close(a.W_dec.norm(dim=1), torch.ones(64))
     torch.testing.assert_close(a.W_enc, a.W_dec.T)
-    assert (a.threshold == a.cfg.init_threshold).all()
+    # θ holds the paper's 0.001 until train() sets it from data (SPEC §2.0)
+    assert (a.threshold == 0.001).all() and a.needs_data_init
     relu = saelab.create_sae("relu", 16, 64, seed=0)
     torch.testing.assert_close(relu.W_dec.norm(dim=1), torch.full((64,), 0.1))
     assert not relu.unit_norm_decoder and a.unit_norm_decoder
