@@ -31,18 +31,21 @@ from saelab.train.config import TrainConfig, recipe_for
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-def load_rows(path: str, tokens: int) -> torch.Tensor:
-    """The first `tokens` activation rows of a cache (its first hook), as fp32."""
+def load_rows(path: str, tokens: int, skip: int = 0) -> torch.Tensor:
+    """Activation rows skip … skip + tokens of a cache (its first hook), as fp32."""
     cache = ActivationCache(path)
-    hook, parts, have = cache.default_hook(), [], 0
+    hook, parts, have, seen = cache.default_hook(), [], 0, 0
     for index in range(len(cache.shards)):
         if have >= tokens:
             break
-        part = cache.read_shard(index, hook).float()
-        parts.append(part[: tokens - have])
-        have += parts[-1].shape[0]
+        part = cache.read_shard(index, hook)
+        start = max(0, skip - seen)
+        seen += part.shape[0]
+        if start < part.shape[0]:
+            parts.append(part[start : start + tokens - have].float())
+            have += parts[-1].shape[0]
     if have < tokens:
-        raise SystemExit(f"{path}: holds {have:,} tokens, fewer than the {tokens:,} asked for")
+        raise SystemExit(f"{path}: holds {have:,} tokens after {skip:,}, fewer than {tokens:,}")
     return torch.cat(parts)
 
 
@@ -100,6 +103,9 @@ def main() -> None:
     parser.add_argument("--heldout", required=True, help="Held-out activation cache folder.")
     parser.add_argument("--tokens", type=int, default=500_000, help="Training tokens per variant.")
     parser.add_argument("--heldout-tokens", type=int, default=50_000, help="Held-out tokens.")
+    parser.add_argument(
+        "--heldout-skip", type=int, default=0, help="Held-out rows to skip (same-cache split)."
+    )
     parser.add_argument("--width", type=int, default=4096, help="Latents per SAE.")
     parser.add_argument("--seed", type=int, default=0, help="Init and data-order seed.")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
@@ -107,7 +113,10 @@ def main() -> None:
     parser.add_argument("variants", nargs="+", help="name:arch,key=value,... (see above).")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    train_x, held = load_rows(args.cache, args.tokens), load_rows(args.heldout, args.heldout_tokens)
+    train_x, held = (
+        load_rows(args.cache, args.tokens),
+        load_rows(args.heldout, args.heldout_tokens, args.heldout_skip),
+    )
     for spec in args.variants:
         result = run_variant(spec, train_x, held, args)
         with Path(args.out).open("a") as f:

@@ -15,7 +15,6 @@ from saelab.kernels import SparseCodes
 from saelab.sae.common import geometric_median
 from saelab.validation import check_known_fields, check_values
 
-
 SPARSITY_LOSSES = ("quadratic", "l0", "tanh")
 # SPEC §2.0: the data-dependent init looks at this many sampled inputs (≥ 10k).
 INIT_SAMPLE_TOKENS = 16_384

@@ -51,9 +51,19 @@ Tokens = Annotated[
     int | None,
     typer.Option(help="Training tokens, the budget shared by every SAE (default: 2000000)."),
 ]
-BatchSize = Annotated[int | None, typer.Option(help="Tokens per optimizer step (default: 4096).")]
+BatchSize = Annotated[
+    int | None,
+    typer.Option(
+        help="Tokens per optimizer step (default: the power of 2 nearest tokens/1000, in "
+        "[256, 4096]; 4096 with --recipe paper)."
+    ),
+]
 Lr = Annotated[
-    float | None, typer.Option(help="Learning rate (default: the architecture's recipe).")
+    float | None,
+    typer.Option(
+        help="Learning rate (default: 7e-4 × √(batch/512) × √(4096/width), at most 1e-2; the "
+        "published value with --recipe paper)."
+    ),
 ]
 Sparsity = Annotated[
     str | None,
@@ -67,9 +77,34 @@ K = Annotated[
     str | None,
     typer.Option(help="k value(s) for topk/batchtopk, comma-separated (default: 64)."),
 ]
+TargetL0 = Annotated[
+    str | None,
+    typer.Option(
+        help="Target L0 value(s) for jumprelu's quadratic sparsity loss, comma-separated, "
+        "swept like --k (default: 32)."
+    ),
+]
+SparsityLoss = Annotated[
+    str | None,
+    typer.Option(
+        help="JumpReLU sparsity loss, SPEC §2.4: quadratic (λ·(L0/target − 1)²), l0 (the "
+        "paper's λ·L0) or tanh (default: quadratic)."
+    ),
+]
+Recipe = Annotated[
+    str | None,
+    typer.Option(
+        help="budget: batch, LR, warm-ups and dead window derived from --tokens and --width, "
+        "data-dependent init (SPEC §2.0); paper: each architecture's published recipe and "
+        "init (default: budget)."
+    ),
+]
 Bandwidth = Annotated[
     float | None,
-    typer.Option(help="JumpReLU kernel bandwidth ε, SPEC §2.4 (default: 0.001)."),
+    typer.Option(
+        help="JumpReLU kernel bandwidth ε, SPEC §2.4 (default: 0.3 × the initial threshold; "
+        "0.001 with --recipe paper)."
+    ),
 ]
 Seed = Annotated[
     int | None, typer.Option(help="Seed of initialisation and data order (default: 0).")
@@ -118,6 +153,7 @@ JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JS
 TRAIN_FLAGS: dict[str, Any] = {
     "model": Model, "hook": Hook, "corpus": Corpus, "cache": Cache, "arch": Arch, "width": Width,
     "tokens": Tokens, "batch_size": BatchSize, "lr": Lr, "sparsity": Sparsity, "k": K,
+    "target_l0": TargetL0, "sparsity_loss": SparsityLoss, "recipe": Recipe,
     "bandwidth": Bandwidth, "seed": Seed, "device": Device, "model_dtype": ModelDtype,
     "context_size": ContextSize, "checkpoint_every": CheckpointEvery, "logger": Logger,
     "max_memory_gb": MaxMemoryGb, "out": Out, "config": Config,
@@ -176,13 +212,14 @@ def run_config_from_flags(*, resume: Path | None, config: Path | None, **flags: 
         cfg.validate()
         return cfg
     f = flags
-    bandwidth = f["bandwidth"]
-    arch_options = {"jumprelu": {"bandwidth": bandwidth}} if bandwidth is not None else None
+    jumprelu = {name: f[name] for name in ("bandwidth", "sparsity_loss") if f[name] is not None}
+    arch_options = {"jumprelu": jumprelu} if jumprelu else None
     return resolve_run_config(config, {
         "model": f["model"], "hooks": f["hook"] or None, "corpus": f["corpus"],
         "cache": f["cache"], "archs": f["arch"].split(",") if f["arch"] else None,
         "width": f["width"], "tokens": f["tokens"], "batch_size": f["batch_size"], "lr": f["lr"],
         "sparsity": _sparsity(f["sparsity"]), "k": _ints(f["k"]), "arch_options": arch_options,
+        "target_l0": _floats(f["target_l0"]), "recipe": f["recipe"],
         "seed": f["seed"], "device": f["device"], "model_dtype": f["model_dtype"],
         "context_size": f["context_size"], "checkpoint_every": f["checkpoint_every"],
         "loggers": f["logger"] or None, "max_memory_gb": f["max_memory_gb"], "out": f["out"],

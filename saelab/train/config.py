@@ -57,7 +57,7 @@ PAPER_SAE_OPTIONS: dict[str, dict[str, Any]] = {
 BUDGET_LR = 7e-4
 BUDGET_LR_BATCH = 512
 BUDGET_LR_WIDTH = 4096
-MAX_BUDGET_LR = 3e-3
+MAX_BUDGET_LR = 1e-2
 # Steps a budget run aims for: the batch is the power of 2 nearest tokens / this, in [256, 4096].
 BUDGET_STEPS = 1000
 MIN_BATCH, MAX_BATCH = 256, 4096

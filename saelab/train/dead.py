@@ -17,6 +17,10 @@ class DeadLatentTracker:
         """Record a batch of n_tokens in which the latents marked in `fired` (d_sae bool) fired."""
         self.tokens_since_fired = torch.where(fired, 0, self.tokens_since_fired + n_tokens)
 
+    def reset(self, indices: Tensor) -> None:
+        """Count the latents at `indices` as just fired (after resampling revives them)."""
+        self.tokens_since_fired[indices] = 0
+
     @property
     def dead_mask(self) -> Tensor:
         return self.tokens_since_fired >= self.window

@@ -54,13 +54,10 @@ class SweepMember:
 def _member_name(
     hook: str, arch: str, options: dict[str, Any], sparsity: float | None, hooks: int
 ) -> str:
-    setting = (
-        f"k{options['k']}"
-        if "k" in options
-        else f"lam{sparsity:g}"
-        if sparsity is not None
-        else "default"
-    )
+    parts = [f"k{options['k']}"] if "k" in options else []
+    parts += [f"l0t{options['target_l0']:g}"] if "target_l0" in options else []
+    parts += [f"lam{sparsity:g}"] if sparsity is not None and "k" not in options else []
+    setting = "-".join(parts) or "default"
     return (f"{hook}--" if hooks > 1 else "") + f"{arch}-{setting}"
 
 

@@ -13,7 +13,7 @@ import yaml
 from saelab.devices import check_device
 from saelab.lm.dtypes import DTYPES, parse_dtype
 from saelab.sae import architectures, sae_class
-from saelab.train.config import TrainConfig
+from saelab.train.config import PAPER_SAE_OPTIONS, TrainConfig
 from saelab.validation import check_known_fields
 
 TOPK_ARCHS = ("topk", "batchtopk")
@@ -37,6 +37,8 @@ class RunConfig:
     # λ values for every λ-architecture, or per architecture: {jumprelu: [...], gated: [...]}.
     sparsity: list[float] | dict[str, list[float]] = field(default_factory=list)
     k: list[int] = field(default_factory=lambda: [64])
+    # JumpReLU target L0 values (quadratic sparsity loss, SPEC §2.4), swept like k.
+    target_l0: list[float] = field(default_factory=list)
     arch_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     tokens: int = 2_000_000
     context_size: int = 128
@@ -71,6 +73,9 @@ class RunConfig:
         for k in self.k:
             if k < 1:
                 raise ValueError(f"k: must be an integer ≥ 1, got {k}")
+        for t in self.target_l0:
+            if t <= 0:
+                raise ValueError(f"target_l0: must be > 0, got {t}")
         try:
             parse_dtype(self.model_dtype)
         except ValueError:
@@ -114,13 +119,18 @@ class RunConfig:
     def sweep(self) -> list[tuple[str, str, dict[str, Any], float | None]]:
         """(hook, arch, options, sparsity coefficient) for every SAE: hooks × archs × settings."""
         runs = []
+        paper = self.train.get("recipe") == "paper"
         for hook in self.hooks:
             for arch in self.archs:
-                options = dict(self.arch_options.get(arch, {}))
+                options = dict(PAPER_SAE_OPTIONS[arch] if paper else {})
+                options |= self.arch_options.get(arch, {})
                 if arch in TOPK_ARCHS:
                     runs += [(hook, arch, options | {"k": k}, None) for k in self.k]
-                else:
-                    runs += [(hook, arch, options, s) for s in (self.sparsity_for(arch) or [None])]
+                    continue
+                targets = self.target_l0 if arch == "jumprelu" and self.target_l0 else [None]
+                for t in targets:
+                    member = options | ({"target_l0": t} if t is not None else {})
+                    runs += [(hook, arch, member, s) for s in (self.sparsity_for(arch) or [None])]
         return runs
 
     def sparsity_for(self, arch: str) -> list[float]:

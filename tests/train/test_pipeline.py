@@ -115,13 +115,9 @@ def test_sweep_of_three_archs_by_two_settings_reads_the_lm_once_per_batch(
 
 
 def test_per_architecture_sparsity_lists_from_flags():
-    from saelab.train.cli_options import run_config_from_flags
+    from saelab.train.cli_options import TRAIN_FLAGS, run_config_from_flags
 
-    flags = dict.fromkeys(
-        ["model", "hook", "corpus", "width", "tokens", "batch_size", "lr", "bandwidth", "seed",
-         "device", "model_dtype", "context_size", "checkpoint_every", "logger", "max_memory_gb",
-         "out"]
-    )  # fmt: skip
+    flags = dict.fromkeys(set(TRAIN_FLAGS) - {"config", "sparsity"})
     cfg = run_config_from_flags(
         resume=None,
         config=None,
@@ -134,6 +130,28 @@ def test_per_architecture_sparsity_lists_from_flags():
         ("gated", None, 0.3),
         ("topk", 8, None),
     ]
+
+
+def test_target_l0_sweep_and_paper_recipe_from_flags():
+    """--target-l0 sweeps JumpReLU like --k; --recipe paper switches the init and loss back."""
+    from saelab.train.cli_options import TRAIN_FLAGS, run_config_from_flags
+    from saelab.train.pipeline import member_layout
+
+    flags = dict.fromkeys(set(TRAIN_FLAGS) - {"config"})
+    given = {"hook": [HOOK], "cache": "c", "arch": "jumprelu,topk", "k": "8"}
+    cfg = run_config_from_flags(resume=None, config=None, **flags | given | {"target_l0": "16,32"})
+    sweep = cfg.sweep()
+    assert [(arch, o.get("target_l0"), o.get("k")) for _, arch, o, _ in sweep] == [
+        ("jumprelu", 16.0, None),
+        ("jumprelu", 32.0, None),
+        ("topk", None, 8),
+    ]
+    names = [name for name, _ in member_layout(cfg, Path("out"))]
+    assert names == ["jumprelu-l0t16", "jumprelu-l0t32", "topk-k8"]
+    paper = run_config_from_flags(resume=None, config=None, **flags | given | {"recipe": "paper"})
+    options = paper.sweep()[0][2]
+    assert options["sparsity_loss"] == "l0" and options["b_dec_init"] == "zeros"
+    assert paper.train_config("jumprelu", None).batch_size == 4096
 
 
 def test_two_hooks_train_side_by_side_from_one_stream(tiny_model, text_corpus_dir, tmp_path):
