@@ -31,7 +31,7 @@ from saelab.data.cache_format import read_manifest
 from saelab.train.config import TrainConfig, recipe_for
 
 sys.path.insert(0, str(Path(__file__).parent))
-from recipes import load_rows  # noqa: E402
+from recipes import load_rows
 
 LR_FACTORS = (0.5, 1.0, 2.0)
 # (name, architecture, SAE options): saelab's defaults for each architecture and variant.

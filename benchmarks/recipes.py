@@ -33,7 +33,7 @@ TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 def load_rows(path: str, tokens: int, skip: int = 0) -> torch.Tensor:
     """Activation rows skip … skip + tokens of a cache (its first hook), as fp32."""
-    cache = ActivationCache(path)
+    cache = ActivationCache(path, allow_incomplete=True)
     hook, parts, have, seen = cache.default_hook(), [], 0, 0
     for index in range(len(cache.shards)):
         if have >= tokens:

@@ -35,6 +35,16 @@ def data_parallel_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def mean_across_ranks(value: Tensor) -> Tensor:
+    """The mean of a (detached) per-rank scalar over the ranks of the data-parallel group."""
+    ranks = data_parallel_size()
+    if ranks == 1:
+        return value
+    total = value.detach().clone()
+    dist.all_reduce(total)
+    return total / ranks
+
+
 def batch_topk_select(scores: Tensor, k: int, across_ranks: bool) -> tuple[Tensor, Tensor, Tensor]:
     """BatchTopK's selection from (B, n) scores (SPEC §2.2): (flat indices, cut, smallest).
 

@@ -53,7 +53,9 @@ class SAEConfig:
     tanh_scale: float | None = None
     pre_act_coefficient: float = 0.0
     # gated (SPEC §2.3)
-    gated_variant: str = "ri-l1"
+    # "unit-norm" (the Gated paper): "ri-l1"'s decoder norms collapse and L0 rises with λ
+    # (saelab/sae/gated.py has the measurements).
+    gated_variant: str = "unit-norm"
     # relu (SPEC §2.1)
     unit_norm_decoder: bool = False
     # provenance, when known

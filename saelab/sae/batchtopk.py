@@ -11,11 +11,16 @@ from torch import Tensor
 
 from saelab.kernels import SparsePattern, batch_topk_codes
 from saelab.kernels.codes import batch_topk_select
+from saelab.sae.base import INIT_SAMPLE_TOKENS
 from saelab.sae.common import threshold_mask
 from saelab.sae.registry import register
 from saelab.sae.topk import TopKSAE
 
 THRESHOLD_MOMENTUM = 0.01
+NOT_ESTIMATED = (
+    "BatchTopK threshold not estimated yet: train the SAE or call "
+    "initialize_from_data(sample) before saving"
+)
 
 
 @register
@@ -32,6 +37,20 @@ class BatchTopKSAE(TopKSAE):
     def reset_parameters(self) -> None:
         super().reset_parameters()
         self.threshold.fill_(-1.0)
+
+    @torch.no_grad()
+    def initialize_from_data(self, x: Tensor) -> None:
+        """SPEC §2.0 init, then θ from the sample (SPEC §2.2): the smallest of the k·N largest
+        ReLU(π) over its N tokens, selected as in training, so θ holds before step 0.
+
+        Every rank gets the same global sample, so θ agrees across ranks without a collective.
+        """
+        super().initialize_from_data(x)
+        sample = x.reshape(-1, x.shape[-1])[:INIT_SAMPLE_TOKENS]
+        _, _, smallest = batch_topk_select(self.pre_acts(sample).relu(), self.cfg.k, False)
+        if torch.isfinite(smallest):  # +inf: nothing fired, so training will set θ
+            self.threshold.fill_(float(smallest))
+            self.cfg.metadata.setdefault("init", {})["threshold"] = float(smallest)
 
     def batch_topk(self, pre: Tensor, across_ranks: bool = False) -> tuple[Tensor, Tensor]:
         """(f, smallest): the k·B largest entries of ReLU(π) across the B tokens of the batch
@@ -84,8 +103,10 @@ class BatchTopKSAE(TopKSAE):
             self.threshold *= c
 
     def export_state(self):
-        """Saved as a JumpReLU SAE with θ_i = θ for every latent (SPEC §2.2)."""
+        """Saved as a JumpReLU SAE with θ_i = θ for every latent (SPEC §2.2); θ must be set."""
+        if self.threshold < 0:
+            raise ValueError(NOT_ESTIMATED)
         state = {k: v for k, v in self.state_dict().items() if k != "threshold"}
-        theta = self.threshold.clamp_min(0.0)
-        state["threshold"] = theta.expand(self.cfg.d_sae).clone().to(self.W_dec.dtype)
+        theta = self.threshold.expand(self.cfg.d_sae).clone()
+        state["threshold"] = theta.to(self.W_dec.dtype)
         return "jumprelu", state, {}

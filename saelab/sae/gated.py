@@ -1,4 +1,12 @@
-"""Gated SAE (SPEC §2.3; Rajamanoharan et al. 2024a), RI-L1 variant by default."""
+"""Gated SAE (SPEC §2.3; Rajamanoharan et al. 2024a).
+
+Two variants (option gated_variant): "unit-norm", the original paper's (unit-norm decoder rows,
+unweighted gate penalty), and "ri-l1", the JumpReLU paper's baseline (penalty weighted by ‖d_i‖,
+no constraint). Under "ri-l1" the penalty shrinks ‖d_i‖, the frozen-decoder aux loss opens
+the gates to make up for it and the wider gates shrink ‖d_i‖ faster: on a toy dictionary
+(1M tokens) the decoder norms fell to ~1e-4 and L0 rose with λ (all 640 latents at λ = 0.1),
+whereas "unit-norm" has L0 falling in λ and recovers the dictionary (tests/sae/test_gated.py).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +23,13 @@ class GatedSAE(SAE):
     """f = H(π_gate) ⊙ ReLU(π_mag), W_mag = W_gate ⊙ exp(r_mag); W_enc is the gate matrix."""
 
     architecture = "gated"
-    options = ("gated_variant", "apply_b_dec_to_input", "normalization_constant")
+    options = (
+        "gated_variant",
+        "b_dec_init",
+        "encoder_init",
+        "apply_b_dec_to_input",
+        "normalization_constant",
+    )
 
     def _init_encoder(self, dtype: torch.dtype) -> None:
         n = self.cfg.d_sae
@@ -38,6 +52,16 @@ class GatedSAE(SAE):
         with torch.no_grad():
             self.r_mag.zero_()
             self.b_mag.zero_()
+
+    def latent_parameters(self) -> list[tuple[nn.Parameter, int]]:
+        """The gate and magnitude encoders, their biases and the decoder rows."""
+        return [
+            (self.W_enc, 1),
+            (self.b_gate, 0),
+            (self.r_mag, 0),
+            (self.b_mag, 0),
+            (self.W_dec, 0),
+        ]
 
     def gate_and_magnitude(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(π_gate, π_mag) with the weight sharing W_mag = W_gate ⊙ exp(r_mag).
@@ -74,6 +98,12 @@ class GatedSAE(SAE):
     def _fold_b_dec_into_encoder(self) -> None:
         self.b_mag -= self.b_dec @ (self.W_enc * self.r_mag.exp())
         self.b_gate -= self.b_dec @ self.W_enc
+
+    def _scale_encoder(self, s: float) -> None:
+        """Scale W_gate, b_gate and b_mag by s: π_gate and π_mag scale by s, so f does (§2.0)."""
+        self.W_enc *= s
+        self.b_gate *= s
+        self.b_mag *= s
 
     def _scale_encoder_offsets(self, c: float) -> None:
         self.b_gate *= c

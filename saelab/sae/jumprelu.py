@@ -21,6 +21,7 @@ from saelab.kernels import (
     take,
     use_sparse,
 )
+from saelab.kernels.codes import mean_across_ranks
 from saelab.sae.base import SAE, TrainOutput
 from saelab.sae.common import aux_k_loss, squared_error, threshold_mask
 from saelab.sae.registry import register
@@ -171,7 +172,11 @@ class JumpReLUSAE(SAE):
         or, for tanh, from the active values with their decoder-row norms."""
         cfg = self.cfg
         if cfg.sparsity_loss == "quadratic":
-            return lam * (l0 / cfg.target_l0 - 1.0).pow(2)
+            # Nonlinear in L0, so it is taken of the global batch's L0 under data parallelism:
+            # value λ(L̄0/T − 1)², gradient 2λ(L̄0/T − 1)/T · ∂L0 (ranks' ∂L0 are averaged).
+            mean = mean_across_ranks(l0.detach())
+            slope = 2.0 * lam * (mean / cfg.target_l0 - 1.0) / cfg.target_l0
+            return lam * (mean / cfg.target_l0 - 1.0).pow(2) + slope * (l0 - l0.detach())
         if cfg.sparsity_loss == "l0":
             return lam * l0
         scale = cfg.tanh_scale or 4.0 * cfg.d_in**0.5  # Anthropic's c = 4 in §1 units

@@ -47,7 +47,7 @@ PAPER_SAE_OPTIONS: dict[str, dict[str, Any]] = {
         "pre_act_coefficient": 0.0,
     },
     "relu": {"b_dec_init": "zeros", "encoder_init": "transpose"},
-    "gated": {"b_dec_init": "zeros", "encoder_init": "transpose", "gated_variant": "ri-l1"},
+    "gated": {"b_dec_init": "zeros", "encoder_init": "transpose"},
     # OpenAI's TopK already starts b_dec at the geometric median (SPEC §2.2).
     "topk": {"encoder_init": "transpose"},
     "batchtopk": {"encoder_init": "transpose"},

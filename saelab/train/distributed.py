@@ -4,13 +4,15 @@ Every rank reads the same global batch and trains on its contiguous 1/world slic
 size must divide evenly); gradients are averaged over ranks. Guaranteed: a step equals the
 single-process step on the whole batch for every architecture, up to floating-point reduction
 order, and every rank holds the same weights, θ and dead mask. That holds because
-- every loss term is a mean over tokens of per-token terms (reconstruction, L1/L0/tanh and
-  pre-activation penalties, Gated's auxiliary loss), so averaging the ranks' gradients of their
+- every other loss term is a mean over tokens of per-token terms (reconstruction, L1/L0/tanh
+  and pre-activation penalties, Gated's auxiliary loss), so averaging the ranks' gradients of their
   shard means gives the gradient of the global mean;
 - BatchTopK selects the k·B largest entries of the global batch, and its threshold θ is the
   running average of the global batch's smallest selected activation, the same on every rank
   (saelab.kernels.codes.batch_topk_select: each rank's top k·B + 1 scores are all-gathered;
   entries tied at the cut are all left out, so the split into ranks cannot change the choice);
+- JumpReLU's quadratic penalty λ(L0/T − 1)² is taken of the global batch's L0 (all-reduced),
+  its gradient 2λ(L0/T − 1)/T times each rank's ∂L0, which the gradient average combines;
 - AuxK's normaliser Σ‖e − mean(e)‖² is summed over the global batch, with mean(e) the global
   mean (saelab.kernels.codes.aux_k_denominator, two all-reduces);
 - dead-latent firing is OR-ed across ranks and counted in global tokens;

@@ -110,7 +110,10 @@ class SAETrainer:
         fired = any_across_ranks(out.fired())
         self.tracker.update(fired, x.shape[0] * world()[1])
         if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
-            resample_dead_latents(sae, gather_batch(x), self.tracker.dead_mask, self.optimizer)
+            revived = resample_dead_latents(
+                sae, gather_batch(x), self.tracker.dead_mask, self.optimizer
+            )
+            self.tracker.reset(revived)
         self._record(step, lr, lam, out, x, dead_mask)
 
     def _record(self, step: int, lr: float, lam: float, out, x: Tensor, dead_mask: Tensor) -> None:

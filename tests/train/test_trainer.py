@@ -132,8 +132,8 @@ def test_resampling_points_dead_latents_at_high_loss_inputs():
     opt = torch.optim.Adam(sae.parameters())
     sae(x).sum().backward()
     opt.step()
-    n = resample_dead_latents(sae, x, dead, opt)
-    assert n == 2
+    revived = resample_dead_latents(sae, x, dead, opt)
+    assert revived.tolist() == [3, 7]
     torch.testing.assert_close(sae.W_dec[dead].norm(dim=1), torch.ones(2))
     assert (sae.b_enc[dead] == 0).all()
     assert (opt.state[sae.W_dec]["exp_avg"][dead] == 0).all()
