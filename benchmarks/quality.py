@@ -2,10 +2,10 @@
 and sparsify, on one activation cache, scored on held-out activations and by the spliced LM.
 
 Phases (each skips what its results file already holds, so a rerun continues):
-1. saelab: every architecture and JumpReLU variant with default settings, and each at
-   0.5× and 2× its default LR (the 3-value LR sweep), trained on the first --tokens rows.
+1. saelab: every architecture and JumpReLU variant with default settings (JumpReLU and TopK
+   also at 0.5× and 2× their default LR: the 3-value LR sweep), on the first --tokens rows.
 2. peers (--peers): benchmarks/peers.py in the benchmark venv, each peer variant at its own
-   default LR × (0.5, 1, 2), exported in SAELens format.
+   default LR (three headline variants also at 0.5× and 2×), exported in SAELens format.
 3. Δ LM loss of every saved SAE on --eval-tokens held-out tokens of the cache's corpus
    (one LM pass shared by all SAEs).
 Then the table (best LR per variant) goes to OUT/table.md, the Pareto plot to OUT/pareto.png.
@@ -43,16 +43,25 @@ SAELAB_VARIANTS = [
     ("relu", "relu", {}),
     ("gated", "gated", {}),
 ]
-# (library, variant, default LR from the peer's own config; see benchmarks/peers.py)
+# (library, variant); each at its own default LR (benchmarks/peers.py lists them).
 PEERS = [
     ("saelens", "jumprelu-step"),
     ("saelens", "jumprelu-tanh"),
+    ("saelens", "jumprelu-target"),
     ("saelens", "topk"),
     ("saelens", "batchtopk"),
     ("dictionary_learning", "jumprelu-target"),
     ("dictionary_learning", "batchtopk"),
     ("sparsify", "topk"),
 ]
+# The 3-value LR sweep: every saelab variant in SAELAB_LR_SWEEP and these peer variants (the
+# others run at their default LR only: a 2-core CPU has no time for 40+ runs in one session).
+SAELAB_LR_SWEEP = {"jumprelu", "topk"}
+PEER_LR_SWEEP = {
+    ("saelens", "jumprelu-step"),
+    ("dictionary_learning", "jumprelu-target"),
+    ("sparsify", "topk"),
+}
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -69,7 +78,7 @@ def train_saelab(args, train_x: torch.Tensor, held: torch.Tensor, rows: Path) ->
     done = {r["name"] for r in read_rows(rows)}
     manifest = read_manifest(Path(args.cache))["config"]
     for variant, arch, options in SAELAB_VARIANTS:
-        for factor in LR_FACTORS:
+        for factor in LR_FACTORS if variant in SAELAB_LR_SWEEP else (1.0,):
             name = f"saelab-{variant}-lr{factor:g}x"
             if name in done:
                 continue
@@ -100,37 +109,33 @@ def train_saelab(args, train_x: torch.Tensor, held: torch.Tensor, rows: Path) ->
 
 
 def train_peers(args, rows: Path) -> None:
-    """Phase 2: each peer variant through benchmarks/peers.py at 3 LRs around its default."""
-    done = {r["name"] for r in read_rows(rows)}
+    """Phase 2: each peer variant through benchmarks/peers.py at its default LR, then (for
+    the variants in PEER_LR_SWEEP) at 0.5× and 2× of it."""
     python = Path(args.bench_venv) / "bin" / "python"
+    out = args.out / "peer-rows.jsonl"
     for library, variant in PEERS:
-        default = float(
-            subprocess.run(
-                [str(python), "benchmarks/peers.py", "--default-lr", "--library", library,
-                 "--variant", variant],
-                check=True, capture_output=True, text=True,
-            ).stdout.strip()
-        )  # fmt: skip
-        for factor in LR_FACTORS:
+        factors = LR_FACTORS if (library, variant) in PEER_LR_SWEEP else (1.0,)
+        default_lr = None
+        for factor in sorted(factors, key=lambda f: f != 1.0):  # the default LR first
             name = f"{library}-{variant}-lr{factor:g}x"
+            done = {r["name"]: r for r in read_rows(rows)}
             if name in done:
+                default_lr = default_lr or done[name]["lr"] / factor
                 continue
-            out = args.out / "peer-rows.jsonl"
+            lr = [] if factor == 1.0 else ["--lr", str(default_lr * factor)]
             before = len(read_rows(out))
             subprocess.run(
                 [str(python), "benchmarks/peers.py", "--cache", args.cache,
                  "--heldout", args.heldout, "--library", library, "--variant", variant,
-                 "--lr", str(default * factor), "--tokens", str(args.tokens),
-                 "--width", str(args.width), "--k", "32", "--target-l0", "32",
-                 "--heldout-tokens", str(args.heldout_tokens), "--seed", str(args.seed),
-                 "--out", str(out), "--export", str(args.out / "saes" / name)],
+                 *lr, "--tokens", str(args.tokens), "--width", str(args.width), "--k", "32",
+                 "--target-l0", "32", "--heldout-tokens", str(args.heldout_tokens),
+                 "--seed", str(args.seed), "--out", str(out),
+                 "--export", str(args.out / "saes" / name)],
                 check=True,
             )  # fmt: skip
             peer = read_rows(out)[before]
-            append_row(rows, peer | {
-                "name": name, "lr_factor": factor, "default": factor == 1.0,
-                "tokens": args.tokens, "width": args.width,
-            })  # fmt: skip
+            default_lr = default_lr or peer["lr"]
+            append_row(rows, peer | {"name": name, "lr_factor": factor, "default": factor == 1.0})
 
 
 def evaluate_lm(args, rows: Path, deltas: Path) -> None:
@@ -246,16 +251,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="Init and data-order seed.")
     parser.add_argument("--peers", action="store_true", help="Also train the peer libraries.")
     parser.add_argument("--bench-venv", default=".venv-bench", help="The peers' venv.")
+    parser.add_argument("--skip-saelab", action="store_true", help="Skip saelab's phase.")
     parser.add_argument("--skip-lm", action="store_true", help="Skip the Δ LM loss phase.")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (saelab).")
     parser.add_argument("--check", action="store_true", help="Exit 1 unless acceptance holds.")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     rows_path, deltas_path = args.out / "rows.jsonl", args.out / "deltas.json"
-    train_x = load_rows(args.cache, args.tokens)
-    held = load_rows(args.heldout, args.heldout_tokens)
-    train_saelab(args, train_x, held, rows_path)
-    del train_x
+    if not args.skip_saelab:
+        train_x = load_rows(args.cache, args.tokens)
+        held = load_rows(args.heldout, args.heldout_tokens)
+        train_saelab(args, train_x, held, rows_path)
+        del train_x
     if args.peers:
         train_peers(args, rows_path)
     if not args.skip_lm:
