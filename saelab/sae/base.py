@@ -45,13 +45,14 @@ class SAEConfig:
     aux_k: int | None = None
     aux_coefficient: float = 1 / 32
     # jumprelu (SPEC §2.4). None = derived: ε = BANDWIDTH_FRACTION·θ₀ and θ₀ from the sample
-    # (§2.0) for the target L0; tanh_scale c = 4·√d_in (Anthropic's c = 4 in §1 units).
+    # (§2.0) for the target L0; tanh_scale c = 4·√d_in (Anthropic's c = 4 in §1 units);
+    # pre_act_coefficient = jumprelu.PRE_ACT_COEFFICIENT.
     bandwidth: float | None = None
     init_threshold: float | None = None
     sparsity_loss: str = "quadratic"
     target_l0: float | None = None
     tanh_scale: float | None = None
-    pre_act_coefficient: float = 0.0
+    pre_act_coefficient: float | None = None
     # gated (SPEC §2.3)
     # "unit-norm" (the Gated paper): "ri-l1"'s decoder norms collapse and L0 rises with λ
     # (saelab/sae/gated.py has the measurements).
@@ -98,7 +99,10 @@ class SAEConfig:
                 f"a number in (0, d_sae={self.d_sae}]",
             ),
             "tanh_scale": (self.tanh_scale is None or self.tanh_scale > 0, "a positive float"),
-            "pre_act_coefficient": (self.pre_act_coefficient >= 0, "≥ 0"),
+            "pre_act_coefficient": (
+                self.pre_act_coefficient is None or self.pre_act_coefficient >= 0,
+                "≥ 0",
+            ),
             "gated_variant": (
                 self.gated_variant in ("ri-l1", "unit-norm"),
                 "'ri-l1' or 'unit-norm'",

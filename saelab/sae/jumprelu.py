@@ -32,9 +32,10 @@ PAPER_THRESHOLD = 0.001
 PAPER_BANDWIDTH = 0.001
 # Without a target L0 the data-dependent θ₀ aims at this many active latents (SPEC §2.0).
 DEFAULT_TARGET_L0 = 32
-# ε = this fraction of θ₀: wide enough that the kernel sees a few % of pre-activations at
-# step 0, narrow enough to stay unbiased (docs/jumprelu-training.md, "bandwidth").
-BANDWIDTH_FRACTION = 0.3
+# ε = this fraction of θ₀ and the dead latents' pre-activation loss weight: measured best at
+# 500k tokens on gemma-3-270m (docs/jumprelu-training.md, "What the defaults are").
+BANDWIDTH_FRACTION = 2.0
+PRE_ACT_COEFFICIENT = 0.03
 
 
 def _rectangle(u: Tensor) -> Tensor:
@@ -112,6 +113,8 @@ class JumpReLUSAE(SAE):
     def __init__(self, cfg) -> None:
         if cfg.sparsity_loss == "quadratic" and cfg.target_l0 is None:
             cfg.target_l0 = min(DEFAULT_TARGET_L0, cfg.d_sae)
+        if cfg.pre_act_coefficient is None:
+            cfg.pre_act_coefficient = PRE_ACT_COEFFICIENT
         super().__init__(cfg)
         # SPEC §2.4: θ stays fp32 even when the rest is bf16 (a bf16 θ stops learning).
         dtype = torch.promote_types(self.W_dec.dtype, torch.float32)

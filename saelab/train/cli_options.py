@@ -102,8 +102,8 @@ Recipe = Annotated[
 Bandwidth = Annotated[
     float | None,
     typer.Option(
-        help="JumpReLU kernel bandwidth ε, SPEC §2.4 (default: 0.3 × the initial threshold; "
-        "0.001 with --recipe paper)."
+        help="JumpReLU kernel bandwidth ε, SPEC §2.4 (default: 2 × the initial threshold θ₀ from "
+        "the data; 0.001 with --recipe paper)."
     ),
 ]
 Seed = Annotated[

@@ -13,7 +13,7 @@ from saelab.evals.toy import SyntheticDictionary, mmcs
 
 # Default settings (the budget recipe: batch, LR and schedules from the run's tokens and
 # width); only the sparsity target that matches the true L0 is given.
-TOKENS = 1_000_000
+TOKENS = 1_024_000  # 1,000 steps of the default batch (1,024)
 SETTINGS = {
     "jumprelu": ({"target_l0": 5}, None),
     "topk": ({"k": 5}, None),
