@@ -57,11 +57,7 @@ PEERS = [
 # The 3-value LR sweep: every saelab variant in SAELAB_LR_SWEEP and these peer variants (the
 # others run at their default LR only: a 2-core CPU has no time for 40+ runs in one session).
 SAELAB_LR_SWEEP = {"jumprelu", "topk"}
-PEER_LR_SWEEP = {
-    ("saelens", "jumprelu-step"),
-    ("dictionary_learning", "jumprelu-target"),
-    ("sparsify", "topk"),
-}
+PEER_LR_SWEEP = {("saelens", "jumprelu-step"), ("sparsify", "topk")}
 
 
 def read_rows(path: Path) -> list[dict]:

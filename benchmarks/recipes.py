@@ -74,6 +74,8 @@ def run_variant(spec: str, train_x: torch.Tensor, held: torch.Tensor, args) -> d
     history = saelab.train(sae, train_x, config)
     seconds = time.perf_counter() - start
     metrics = saelab.evaluate(sae, held)
+    with torch.no_grad():
+        frequency = (sae.encode(held) != 0).float().mean(0)
     curve = [
         {k: round(h[k], 4) for k in ("step", "l0", "fvu", "dead_fraction")}
         for h in history[:: max(1, len(history) // 10)]
@@ -92,6 +94,8 @@ def run_variant(spec: str, train_x: torch.Tensor, held: torch.Tensor, args) -> d
         "fvu": metrics["fvu"],
         "dead_fraction": metrics["dead_fraction"],
         "dense_fraction": metrics["dense_fraction"],
+        "over_half": int((frequency > 0.5).sum()),
+        "max_frequency": float(frequency.max()),
         "seconds": seconds,
         "curve": curve,
     }
@@ -124,6 +128,7 @@ def main() -> None:
         print(
             f"{result['name']:>14} L0 {result['l0']:6.1f}  FVU {result['fvu']:.4f}  "
             f"dead {result['dead_fraction']:.3f}  dense {result['dense_fraction']:.4f}  "
+            f">50% {result['over_half']} (max {result['max_frequency']:.2f})  "
             f"lr {result['lr']:.2e} b{result['batch_size']}  {result['seconds']:.0f}s",
             flush=True,
         )

@@ -53,6 +53,9 @@ class SAEConfig:
     target_l0: float | None = None
     tanh_scale: float | None = None
     pre_act_coefficient: float | None = None
+    # Firing-frequency cap: a latent firing on more than this fraction of a batch's tokens gets
+    # its θ raised (a dense latent says nothing about any one token; docs/jumprelu-training.md).
+    max_frequency: float = 0.5
     # gated (SPEC §2.3)
     # "unit-norm" (the Gated paper): "ri-l1"'s decoder norms collapse and L0 rises with λ
     # (saelab/sae/gated.py has the measurements).
@@ -99,6 +102,7 @@ class SAEConfig:
                 f"a number in (0, d_sae={self.d_sae}]",
             ),
             "tanh_scale": (self.tanh_scale is None or self.tanh_scale > 0, "a positive float"),
+            "max_frequency": (0 < self.max_frequency <= 1, "in (0, 1]"),
             "pre_act_coefficient": (
                 self.pre_act_coefficient is None or self.pre_act_coefficient >= 0,
                 "≥ 0",

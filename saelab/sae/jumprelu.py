@@ -102,6 +102,7 @@ class JumpReLUSAE(SAE):
         "target_l0",
         "tanh_scale",
         "pre_act_coefficient",
+        "max_frequency",
         "aux_k",
         "aux_coefficient",
         "b_dec_init",
@@ -185,6 +186,14 @@ class JumpReLUSAE(SAE):
         scale = cfg.tanh_scale or 4.0 * cfg.d_in**0.5  # Anthropic's c = 4 in §1 units
         return lam * torch.tanh(scale * values * norms).sum() / tokens
 
+    def frequency_loss(self, frequency: Tensor) -> Tensor:
+        """Σ_i ReLU(p_i − max_frequency) over latents, p_i their STE firing frequency in the
+        batch: raises the θ of latents that fire on too many tokens (taken of the global
+        batch's p under data parallelism, like the quadratic loss)."""
+        excess = (mean_across_ranks(frequency.detach()) - self.cfg.max_frequency).relu()
+        over = (excess > 0).to(frequency.dtype)
+        return excess.sum() + (over * (frequency - frequency.detach())).sum()
+
     def pre_act_loss(self, pre: Tensor, dead: Tensor) -> Tensor:
         """λ_P·Σ_dead ReLU(θ_i − π_i)·‖d_i‖ per token (SPEC §2.4), pre without a graph.
 
@@ -205,10 +214,19 @@ class JumpReLUSAE(SAE):
         return maybe_compiled(self._dense_train_forward)(x, sparsity_coefficient, dead)
 
     def _terms(
-        self, x: Tensor, x_hat: Tensor, sparsity: Tensor, pre: Tensor, dead: Tensor | None, aux
+        self,
+        x: Tensor,
+        x_hat: Tensor,
+        sparsity: Tensor,
+        frequency,
+        pre: Tensor,
+        dead: Tensor | None,
+        aux,
     ) -> dict[str, Tensor]:
-        """The named loss terms; aux() computes the AuxK loss only when it is used."""
+        """The named loss terms; frequency() and aux() are computed only when used."""
         terms = {"mse_loss": squared_error(x, x_hat), "sparsity_loss": sparsity}
+        if self.cfg.max_frequency < 1:
+            terms["frequency_loss"] = self.frequency_loss(frequency())
         if dead is not None and self.cfg.aux_coefficient > 0:
             terms["aux_loss"] = self.cfg.aux_coefficient * aux()
         if dead is not None and self.cfg.pre_act_coefficient > 0:
@@ -224,13 +242,15 @@ class JumpReLUSAE(SAE):
             pre = self.pre_acts(x2)
             f = JumpReLUFunction.apply(pre, self.threshold, self.bandwidth)
             x_hat = self.decode(f)
-        l0 = StepFunction.apply(pre, self.threshold, self.bandwidth).sum(-1).mean()
+        step = StepFunction.apply(pre, self.threshold, self.bandwidth)
+        l0 = step.sum(-1).mean()
         norms = self.W_dec.norm(dim=1) if self.cfg.sparsity_loss == "tanh" else None
         sparsity = self.sparsity_term(l0, f, norms, sparsity_coefficient, x2.shape[0])
         terms = self._terms(
             x2,
             x_hat,
             sparsity,
+            lambda: step.mean(0),
             pre,
             dead,
             lambda: aux_k_loss(x2, x_hat, pre, self.W_dec, dead, self.k_aux),
@@ -260,9 +280,15 @@ class JumpReLUSAE(SAE):
             theta_j = theta[pattern.cols]
             values = JumpReLUFunction.apply(z, theta_j, eps)
             x_hat = sparse_decode(values, self.W_dec, self.b_dec, pattern)
-            l0 = StepFunction.apply(z, theta_j, eps).sum() / x2.shape[0]
+            step = StepFunction.apply(z, theta_j, eps)
+            l0 = step.sum() / x2.shape[0]
             norms = self.W_dec.norm(dim=1)[pattern.cols] if tanh else None
             codes = SparseCodes(pattern, values)
+
+            def frequency() -> Tensor:
+                counts = torch.zeros_like(theta).index_add(0, pattern.cols, step.to(theta.dtype))
+                return counts / x2.shape[0]
+
         elif kernel_options().compile:
             return maybe_compiled(self._dense_train_forward)(x, sparsity_coefficient, dead)
         else:
@@ -271,13 +297,19 @@ class JumpReLUSAE(SAE):
             codes = values = JumpReLUFunction.apply(z, theta, eps)
             with matmul_autocast(x.device):
                 x_hat = self.decode(codes)
-            l0 = StepFunction.apply(z, theta, eps).sum(-1).mean()
+            step = StepFunction.apply(z, theta, eps)
+            l0 = step.sum(-1).mean()
             norms = self.W_dec.norm(dim=1) if tanh else None
+
+            def frequency() -> Tensor:
+                return step.mean(0)
+
         sparsity = self.sparsity_term(l0, values, norms, sparsity_coefficient, x2.shape[0])
         terms = self._terms(
             x2,
             x_hat,
             sparsity,
+            frequency,
             pre,
             dead,
             lambda: sparse_aux_k_loss(

@@ -13,6 +13,7 @@ def _rect(u):
 
 def _random_jumprelu(d_in, d_sae, bandwidth, seed, **options):
     g = torch.Generator().manual_seed(seed)
+    options = {"max_frequency": 1.0} | options
     sae = saelab.create_sae(
         "jumprelu", d_in, d_sae, bandwidth=bandwidth, dtype="float64", **options
     )
@@ -125,3 +126,20 @@ def test_tanh_variant_and_dead_latent_terms(mode):
     assert sae.W_enc.grad is None or torch.count_nonzero(sae.W_enc.grad) == 0
     assert torch.count_nonzero(sae.threshold.grad[:3]) > 0
     assert torch.count_nonzero(sae.threshold.grad[3:]) == 0
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_frequency_cap_raises_only_the_thresholds_of_too_frequent_latents(mode):
+    """Σ_i ReLU(p_i − cap) with p_i = mean_t H(π_ti − θ_i): ð/ðθ_i = −(1/ε)ΣK/B above the cap."""
+    sae, x = _random_jumprelu(6, 10, 0.5, 5, max_frequency=0.3)
+    with use_kernels(mode=mode):
+        _, terms = sae.training_loss(x, 0.0)
+    pre = sae.pre_acts(x).detach()
+    theta = sae.threshold.detach()
+    p = (pre > theta).double().mean(0)
+    assert (p > 0.3).any() and (p <= 0.3).any()
+    torch.testing.assert_close(terms["frequency_loss"], (p - 0.3).relu().sum())
+    terms["frequency_loss"].backward()
+    K = _rect((pre - theta) / 0.5)
+    expected = torch.where(p > 0.3, -(1 / 0.5) * K.sum(0) / x.shape[0], 0.0)
+    torch.testing.assert_close(sae.threshold.grad, expected)
