@@ -37,11 +37,11 @@ LR_FACTORS = (0.5, 1.0, 2.0)
 # (name, architecture, SAE options): saelab's defaults for each architecture and variant.
 SAELAB_VARIANTS = [
     ("jumprelu", "jumprelu", {"target_l0": 32}),
-    ("jumprelu-tanh", "jumprelu", {"sparsity_loss": "tanh"}),
     ("topk", "topk", {"k": 32}),
     ("batchtopk", "batchtopk", {"k": 32}),
-    ("relu", "relu", {}),
     ("gated", "gated", {}),
+    ("jumprelu-tanh", "jumprelu", {"sparsity_loss": "tanh"}),
+    ("relu", "relu", {}),
 ]
 # (library, variant); each at its own default LR (benchmarks/peers.py lists them).
 PEERS = [

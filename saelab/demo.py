@@ -87,6 +87,9 @@ REAL_DEMO = {
     "analyze_tokens": 8_192,
     "width": 2048,
     "target_l0": 32,
+    # Latents firing on > 50% of tokens crowd the dashboard and every exploration tool, so the
+    # demo caps firing frequency (JumpReLU max_frequency; docs/jumprelu-training.md has its cost).
+    "max_frequency": 0.5,
     "context_size": 128,
 }
 
@@ -128,6 +131,7 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0) -> dict[str, Any]:
     cfg = RunConfig(
         out=str(out / "run"), model=d["model"], hooks=[d["hook"]], cache=str(cache_dir),
         archs=["jumprelu"], width=d["width"], target_l0=[d["target_l0"]],
+        arch_options={"jumprelu": {"max_frequency": d["max_frequency"]}},
         tokens=d["train_tokens"], context_size=d["context_size"], train={"seed": seed},
     )  # fmt: skip
     if (out / "run").exists():

@@ -45,7 +45,6 @@ PAPER_SAE_OPTIONS: dict[str, dict[str, Any]] = {
         "sparsity_loss": "l0",
         "aux_coefficient": 0.0,
         "pre_act_coefficient": 0.0,
-        "max_frequency": 1.0,
     },
     "relu": {"b_dec_init": "zeros", "encoder_init": "transpose"},
     "gated": {"b_dec_init": "zeros", "encoder_init": "transpose"},
