@@ -45,6 +45,7 @@ SAELAB_VARIANTS = [
 ]
 # (library, variant); each at its own default LR (benchmarks/peers.py lists them).
 PEERS = [
+    ("sparsify", "topk"),
     ("saelens", "jumprelu-step"),
     ("saelens", "jumprelu-tanh"),
     ("saelens", "jumprelu-target"),
@@ -52,7 +53,6 @@ PEERS = [
     ("saelens", "batchtopk"),
     ("dictionary_learning", "jumprelu-target"),
     ("dictionary_learning", "batchtopk"),
-    ("sparsify", "topk"),
 ]
 # The 3-value LR sweep: every saelab variant in SAELAB_LR_SWEEP and these peer variants (the
 # others run at their default LR only: a 2-core CPU has no time for 40+ runs in one session).
@@ -73,35 +73,39 @@ def train_saelab(args, train_x: torch.Tensor, held: torch.Tensor, rows: Path) ->
     """Phase 1: each saelab variant at its default LR and the two sweep neighbours."""
     done = {r["name"] for r in read_rows(rows)}
     manifest = read_manifest(Path(args.cache))["config"]
-    for variant, arch, options in SAELAB_VARIANTS:
-        for factor in LR_FACTORS if variant in SAELAB_LR_SWEEP else (1.0,):
-            name = f"saelab-{variant}-lr{factor:g}x"
-            if name in done:
-                continue
-            sae = saelab.create_sae(
-                arch, train_x.shape[1], args.width, seed=args.seed, **options,
-                model_name=manifest["model"], hook_name=manifest["hooks"][0],
-                context_size=manifest["context_size"],
-            )  # fmt: skip
-            base = TrainConfig(total_tokens=args.tokens, seed=args.seed)
-            lr = recipe_for(sae.cfg, base).lr * factor
-            config = TrainConfig(total_tokens=args.tokens, seed=args.seed, lr=lr)
-            start = time.perf_counter()
-            saelab.train(sae, train_x, config)
-            seconds = time.perf_counter() - start
-            metrics = saelab.evaluate(sae, held)
-            sae.save(args.out / "saes" / name)
-            append_row(rows, {
-                "name": name, "library": "saelab", "version": saelab.__version__,
-                "variant": variant, "lr": lr, "lr_factor": factor, "default": factor == 1.0,
-                "batch_size": config.batch_size, "tokens": args.tokens, "width": args.width,
-                "l0": metrics["l0"], "fvu": metrics["fvu"],
-                "dead_fraction": metrics["dead_fraction"],
-                "dense_fraction": metrics["dense_fraction"], "seconds": seconds,
-                "settings": sae.cfg.to_dict(),
-            })  # fmt: skip
-            print(f"{name}: L0 {metrics['l0']:.1f} FVU {metrics['fvu']:.4f} "
-                  f"dead {metrics['dead_fraction']:.3f} {seconds:.0f}s", flush=True)  # fmt: skip
+    # Every variant at its default LR first, then the sweep neighbours.
+    plan = [(v, a, o, 1.0) for v, a, o in SAELAB_VARIANTS] + [
+        (v, a, o, f) for v, a, o in SAELAB_VARIANTS if v in SAELAB_LR_SWEEP
+        for f in LR_FACTORS if f != 1.0
+    ]  # fmt: skip
+    for variant, arch, options, factor in plan:
+        name = f"saelab-{variant}-lr{factor:g}x"
+        if name in done:
+            continue
+        sae = saelab.create_sae(
+            arch, train_x.shape[1], args.width, seed=args.seed, **options,
+            model_name=manifest["model"], hook_name=manifest["hooks"][0],
+            context_size=manifest["context_size"],
+        )  # fmt: skip
+        base = TrainConfig(total_tokens=args.tokens, seed=args.seed)
+        lr = recipe_for(sae.cfg, base).lr * factor
+        config = TrainConfig(total_tokens=args.tokens, seed=args.seed, lr=lr)
+        start = time.perf_counter()
+        saelab.train(sae, train_x, config)
+        seconds = time.perf_counter() - start
+        metrics = saelab.evaluate(sae, held)
+        sae.save(args.out / "saes" / name)
+        append_row(rows, {
+            "name": name, "library": "saelab", "version": saelab.__version__,
+            "variant": variant, "lr": lr, "lr_factor": factor, "default": factor == 1.0,
+            "batch_size": config.batch_size, "tokens": args.tokens, "width": args.width,
+            "l0": metrics["l0"], "fvu": metrics["fvu"],
+            "dead_fraction": metrics["dead_fraction"],
+            "dense_fraction": metrics["dense_fraction"], "seconds": seconds,
+            "settings": sae.cfg.to_dict(),
+        })  # fmt: skip
+        print(f"{name}: L0 {metrics['l0']:.1f} FVU {metrics['fvu']:.4f} "
+              f"dead {metrics['dead_fraction']:.3f} {seconds:.0f}s", flush=True)  # fmt: skip
 
 
 def train_peers(args, rows: Path) -> None:
