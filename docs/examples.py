@@ -69,11 +69,13 @@ def ablate_block(run: str, latent: int) -> str:
 def replace(text: str, name: str, body: str) -> str:
     """text with the generated part NAME replaced by body."""
     pattern = re.compile(
-        rf"(<!-- generated: {re.escape(name)} -->\n).*?(\n<!-- end generated -->)", re.DOTALL
+        rf"(<!-- generated: {re.escape(name)} -->\n)(?:(?!<!-- end generated -->).)*"
+        r"(<!-- end generated -->)",
+        re.DOTALL,
     )
     if not pattern.search(text):
         raise SystemExit(f"docs: no '<!-- generated: {name} -->' part found")
-    return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+    return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
 
 
 def main() -> None:
