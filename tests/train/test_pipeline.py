@@ -358,7 +358,7 @@ def _expected_final(directory: Path, steps: int) -> dict[str, float]:
         "fvu": sum(r["fvu"] for r in last) / steps,
         "dead_fraction": last[-1]["dead_fraction"],
         "steps_averaged": steps,
-        "dead_window_tokens": 1000,  # 10% of the 10,000-token budget (SPEC §2.2 window, scaled)
+        "dead_window_tokens": 500,  # 5% of the 10,000-token budget (SPEC §2.2 window, scaled)
     }
 
 
@@ -381,7 +381,7 @@ def test_train_reports_progress_warnings_a_final_table_and_json(small_cache, tmp
     assert "jumprelu-default: L0" in result.stderr and "topk-k8: L0" in result.stderr
     header = (
         "Final metrics (L0, FVU: mean over the last 39 training steps; "
-        "dead: no firing in the last 1,000 tokens)"
+        "dead: no firing in the last 500 tokens)"
     )
     names = ("jumprelu-default", "topk-k8")
     table = [header, f"{'member':<16}  {'L0':>8}  {'FVU':>7}  {'dead':>6}  SAE"]
