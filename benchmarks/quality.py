@@ -73,11 +73,13 @@ def train_saelab(args, train_x: torch.Tensor, held: torch.Tensor, rows: Path) ->
     """Phase 1: each saelab variant at its default LR and the two sweep neighbours."""
     done = {r["name"] for r in read_rows(rows)}
     manifest = read_manifest(Path(args.cache))["config"]
-    # Every variant at its default LR first, then the sweep neighbours.
-    plan = [(v, a, o, 1.0) for v, a, o in SAELAB_VARIANTS] + [
+    # Every variant at its default LR first (but the last), then the sweep neighbours.
+    defaults = [(v, a, o, 1.0) for v, a, o in SAELAB_VARIANTS]
+    sweep = [
         (v, a, o, f) for v, a, o in SAELAB_VARIANTS if v in SAELAB_LR_SWEEP
         for f in LR_FACTORS if f != 1.0
     ]  # fmt: skip
+    plan = defaults[:-1] + sweep + defaults[-1:]
     for variant, arch, options, factor in plan:
         name = f"saelab-{variant}-lr{factor:g}x"
         if name in done:

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 import saelab
 from saelab.cli import app
-from saelab.sae import SAEConfig
+from saelab.sae import SAEConfig, jumprelu
+from saelab.train import config
 from saelab.train.cli_options import TRAIN_FLAGS
 from saelab.train.config import TrainConfig
 from saelab.train.run_config import RunConfig
@@ -77,7 +78,7 @@ def test_help_at_80_columns_shows_every_option_in_full(command):
 def _help_default(name: str) -> str:
     """The `(default: …)` a TRAIN_FLAGS option's help states."""
     help_text = TRAIN_FLAGS[name].__metadata__[0].help
-    return re.search(r"\(default: ([^)]*)\)\.$", help_text).group(1)
+    return re.search(r"\(default: (.*)\)\.$", help_text, re.DOTALL).group(1)
 
 
 def test_train_help_states_the_defaults_that_apply():
@@ -90,11 +91,21 @@ def test_train_help_states_the_defaults_that_apply():
     assert _help_default("model_dtype") == run.model_dtype
     assert _help_default("checkpoint_every") == str(run.checkpoint_every)
     assert _help_default("out") == run.out
-    assert _help_default("batch_size") == str(train.batch_size)
+    # Budget defaults are rules of the run's tokens and width: the help states the rule.
+    batch = _help_default("batch_size")
+    assert f"tokens/{config.BUDGET_STEPS}" in batch and f"[{config.MIN_BATCH}, " in batch
+    assert f"{config.MAX_BATCH} with --recipe paper" in batch
+    assert train.batch_size == config.budget_batch_size(train.total_tokens)
+    lr, short = _help_default("lr"), lambda v: f"{v:.0e}".replace("e-0", "e-")
+    assert lr.startswith(f"{short(config.BUDGET_LR)} × √(batch/{config.BUDGET_LR_BATCH})")
+    assert f"√({config.BUDGET_LR_WIDTH}/width), at most {short(config.MAX_BUDGET_LR)}" in lr
     assert _help_default("seed") == str(train.seed)
     assert _help_default("device") == train.device
-    assert _help_default("bandwidth") == str(sae.bandwidth)
-    assert _help_default("lr") == _help_default("sparsity") == "the architecture's recipe"
+    bandwidth = _help_default("bandwidth")
+    assert bandwidth.startswith(f"{jumprelu.BANDWIDTH_FRACTION:g} × the initial threshold")
+    assert f"{jumprelu.PAPER_BANDWIDTH:g} with --recipe paper" in bandwidth
+    assert sae.bandwidth is None  # derived from the data at init
+    assert _help_default("sparsity") == "the architecture's recipe"
     shown = _invoke(["train", "--help"], columns=80).stdout
     assert "(default: 2000000)" in shown and "(default: jumprelu)" in shown
 

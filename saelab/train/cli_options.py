@@ -68,9 +68,9 @@ Lr = Annotated[
 Sparsity = Annotated[
     str | None,
     typer.Option(
-        help="Sparsity coefficient(s) λ, comma-separated, for jumprelu, gated and relu; "
-        "per architecture as ARCH:λ items, e.g. jumprelu:0.001,jumprelu:0.01,gated:0.3 "
-        "(default: the architecture's recipe)."
+        help="Sparsity coefficient(s) λ, comma-separated, for gated and relu (and the weight "
+        "of jumprelu's sparsity loss); per architecture as ARCH:λ items, e.g. "
+        "gated:0.3,gated:1,relu:5 (default: the architecture's recipe)."
     ),
 ]
 K = Annotated[
