@@ -134,15 +134,10 @@ def read_rows(path: str, n: int) -> tuple[Tensor, dict]:
     hook = cache.default_hook()
     if cache.tokens < n:
         fail(f"cache {path} holds {cache.tokens} tokens, fewer than the {n} asked for")
-    out, have = torch.empty(n, cache.d_in), 0
-    for index in range(len(cache.shards)):
-        if have >= n:
-            break
-        part = cache.read_shard(index, hook)[: n - have]
-        out[have : have + len(part)] = part
-        have += len(part)
+    from recipes import load_rows  # benchmarks/recipes.py, beside this script
+
     meta = {"model": cache.config.get("model"), "hook": hook}
-    return out, meta | {"context_size": cache.config.get("context_size")}
+    return load_rows(path, n), meta | {"context_size": cache.config.get("context_size")}
 
 
 class Batches:
