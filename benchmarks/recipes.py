@@ -1,6 +1,6 @@
 """Training-recipe experiments: train SAE variants on one activation cache, score them held out.
 
-Each VARIANT is `name:arch,key=value,...`; keys that are TrainConfig fields (lr, batch_size,
+Each VARIANT is `name:arch,key=value,...` (a tuple as `betas=0/0.999`); keys that are TrainConfig fields (lr, batch_size,
 betas, lr_decay_fraction, ...) go to training, the rest are SAE options (target_l0, bandwidth,
 aux_coefficient, ...). Every variant trains on the same first --tokens cached rows (same
 order) and is scored on the first --heldout-tokens rows of the held-out cache. One JSON line
@@ -19,6 +19,7 @@ import argparse
 import ast
 import dataclasses
 import json
+import re
 import time
 from pathlib import Path
 
@@ -52,14 +53,14 @@ def load_rows(path: str, tokens: int, skip: int = 0) -> torch.Tensor:
 def parse_variant(spec: str) -> tuple[str, str, dict, dict]:
     """`name:arch,key=value,...` → (name, arch, SAE options, TrainConfig fields)."""
     name, _, rest = spec.partition(":")
-    arch, *items = rest.split(",")
+    arch, *items = re.split(r",(?![^{]*})", rest)  # commas inside {...} stay
     sae_options, train_options = {}, {}
     for item in items:
         key, _, text = item.partition("=")
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
-            value = text
+            value = tuple(float(v) for v in text.split("/")) if "/" in text else text
         (train_options if key in TRAIN_FIELDS else sae_options)[key] = value
     return name, arch, sae_options, train_options
 

@@ -99,6 +99,7 @@ def test_train_help_states_the_defaults_that_apply():
     lr, short = _help_default("lr"), lambda v: f"{v:.0e}".replace("e-0", "e-")
     assert lr.startswith(f"{short(config.BUDGET_LR)} × √(batch/{config.BUDGET_LR_BATCH})")
     assert f"√({config.BUDGET_LR_WIDTH}/width), at most {short(config.MAX_BUDGET_LR)}" in lr
+    assert f"thresholds train at {config.BUDGET_OFFSET_LR_SCALE:g}× of it" in lr
     assert _help_default("seed") == str(train.seed)
     assert _help_default("device") == train.device
     bandwidth = _help_default("bandwidth")

@@ -166,6 +166,9 @@ class SAE(nn.Module, abc.ABC):
     architecture: ClassVar[str]
     # Option names of SAEConfig that this architecture accepts in create_sae.
     options: ClassVar[tuple[str, ...]] = ()
+    # Per-latent offsets in pre-activation units (biases, thresholds): the budget recipe trains
+    # them at a tenth of the LR (saelab.train.config.BUDGET_OFFSET_LR_SCALE).
+    encoder_offsets: ClassVar[tuple[str, ...]] = ("b_enc",)
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__()

@@ -30,6 +30,7 @@ class GatedSAE(SAE):
         "apply_b_dec_to_input",
         "normalization_constant",
     )
+    encoder_offsets = ("b_gate", "b_mag")
 
     def _init_encoder(self, dtype: torch.dtype) -> None:
         n = self.cfg.d_sae

@@ -110,6 +110,7 @@ class JumpReLUSAE(SAE):
         "apply_b_dec_to_input",
         "normalization_constant",
     )
+    encoder_offsets = ("b_enc", "threshold")
 
     def __init__(self, cfg) -> None:
         if cfg.sparsity_loss == "quadratic" and cfg.target_l0 is None:

@@ -61,8 +61,9 @@ BatchSize = Annotated[
 Lr = Annotated[
     float | None,
     typer.Option(
-        help="Learning rate (default: 7e-4 × √(batch/512) × √(4096/width), at most 1e-2; the "
-        "published value with --recipe paper)."
+        help="Learning rate (default: 2e-3 × √(batch/512) × √(4096/width), at most 1e-2; the "
+        "published value with --recipe paper). Biases and thresholds train at 0.1× of it and a "
+        "data-initialised b_dec not at all (config-file option lr_scales replaces this)."
     ),
 ]
 Sparsity = Annotated[

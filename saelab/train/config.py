@@ -21,6 +21,8 @@ class Recipe:
     lr_decay_fraction: float
     sparsity_warmup_steps: int | None
     sparsity_warmup_fraction: float
+    # Per-parameter LR multipliers (TrainConfig.lr_scales); parameters not named train at 1×.
+    lr_scales: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 PAPER_RECIPES: dict[str, Recipe] = {
@@ -54,7 +56,11 @@ PAPER_SAE_OPTIONS: dict[str, dict[str, Any]] = {
 }
 # Budget recipe (docs/jumprelu-training.md, "budget defaults"): Adam LR measured best for width
 # 4,096 at batch 512 on gemma-3-270m, scaled by √(batch/512) and by 1/√width (Gao et al. 2024).
-BUDGET_LR = 7e-4
+BUDGET_LR = 2e-3
+# Offsets train slower than the weights: at the full LR a latent's b_enc (or θ) drops below
+# all its pre-activations within a few steps and the latent dies, and b_dec, which starts at
+# the data's geometric median (SPEC §2.0), drifts; both measured in docs/jumprelu-training.md.
+BUDGET_OFFSET_LR_SCALE = 0.1
 BUDGET_LR_BATCH = 512
 BUDGET_LR_WIDTH = 4096
 MAX_BUDGET_LR = 1e-2
@@ -86,6 +92,16 @@ def budget_lr(batch_size: int, d_sae: int) -> float:
     return min(lr, MAX_BUDGET_LR)
 
 
+def budget_lr_scales(sae_cfg: Any) -> dict[str, float]:
+    """b_dec frozen where it starts from the data, encoder offsets at BUDGET_OFFSET_LR_SCALE."""
+    from saelab.sae.registry import sae_class
+
+    scales = {"b_dec": 0.0} if sae_cfg.b_dec_init != "zeros" else {}
+    return scales | dict.fromkeys(
+        sae_class(sae_cfg.architecture).encoder_offsets, BUDGET_OFFSET_LR_SCALE
+    )
+
+
 def recipe_for(sae_cfg: Any, config: TrainConfig) -> Recipe:
     """The schedule defaults for one SAE: the paper's (recipe="paper") or the budget rules."""
     arch = sae_cfg.architecture
@@ -97,6 +113,7 @@ def recipe_for(sae_cfg: Any, config: TrainConfig) -> Recipe:
     )
     return Recipe(
         lr=budget_lr(config.batch_size, sae_cfg.d_sae),
+        lr_scales=budget_lr_scales(sae_cfg),
         betas=(0.9, 0.999),
         sparsity_coefficient=sparsity,
         lr_warmup_steps=int(steps * BUDGET_WARMUP_FRACTION),
@@ -121,6 +138,9 @@ class TrainConfig:
     device: str = "cpu"
     betas: tuple[float, float] | None = None
     adam_eps: float = 1e-8
+    # Per-parameter LR multipliers by parameter name, e.g. {"b_dec": 0.1}; None: the recipe's
+    # (budget: budget_lr_scales; paper: none).
+    lr_scales: dict[str, float] | None = None
     lr_warmup_steps: int | None = None
     lr_warmup: str = "cosine"
     lr_warmup_start: float = 0.1
@@ -153,6 +173,10 @@ class TrainConfig:
             "lr_decay_fraction": (
                 self.lr_decay_fraction is None or 0 <= self.lr_decay_fraction <= 1,
                 "in [0, 1]",
+            ),
+            "lr_scales": (
+                self.lr_scales is None or all(v >= 0 for v in self.lr_scales.values()),
+                "a mapping of parameter names to multipliers ≥ 0",
             ),
             "grad_clip_norm": (self.grad_clip_norm is None or self.grad_clip_norm > 0, "> 0"),
             "dead_window": (self.dead_window is None or self.dead_window >= 1, "≥ 1 token"),

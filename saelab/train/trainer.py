@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from saelab.sae import SAE
 from saelab.train.batches import BatchStream, cycling_message, rounding_message
@@ -75,7 +75,9 @@ class SAETrainer:
             lam_warmup,
         )
         self.optimizer = torch.optim.Adam(
-            sae.parameters(),
+            param_groups(
+                sae, config.lr_scales if config.lr_scales is not None else recipe.lr_scales
+            ),
             lr=self.lr(0),
             betas=config.betas or recipe.betas,
             eps=config.adam_eps,
@@ -104,7 +106,7 @@ class SAETrainer:
         if cfg.grad_clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip_norm)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         self.optimizer.step()
         sae.after_step()
         fired = any_across_ranks(out.fired())
@@ -155,6 +157,20 @@ class SAETrainer:
         self.sae.load_state_dict(state["sae"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.tracker.load_state_dict(state["tracker"])
+
+
+def param_groups(sae: SAE, scales: dict[str, float]) -> list[dict[str, Any]]:
+    """One Adam group per LR multiplier: parameters named in scales get theirs, the rest 1."""
+    unknown = set(scales) - {name for name, _ in sae.named_parameters()}
+    if unknown:
+        raise ValueError(
+            f"TrainConfig.lr_scales names {sorted(unknown)}, which {sae.architecture} SAEs do "
+            f"not have; valid: {sorted(name for name, _ in sae.named_parameters())}"
+        )
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, param in sae.named_parameters():
+        groups.setdefault(scales.get(name, 1.0), []).append(param)
+    return [{"params": params, "lr_scale": scale} for scale, params in groups.items()]
 
 
 SHARED_FIELDS = (

@@ -29,9 +29,9 @@ def test_batch_is_the_power_of_two_nearest_a_thousand_steps(tokens, batch):
 
 
 def test_lr_scales_with_root_batch_over_root_width():
-    assert budget_lr(512, 4096) == pytest.approx(7e-4)
-    assert budget_lr(2048, 4096) == pytest.approx(1.4e-3)
-    assert budget_lr(512, 16384) == pytest.approx(3.5e-4)
+    assert budget_lr(512, 4096) == pytest.approx(2e-3)
+    assert budget_lr(2048, 4096) == pytest.approx(4e-3)
+    assert budget_lr(512, 16384) == pytest.approx(1e-3)
     assert budget_lr(4096, 64) == 1e-2  # capped
 
 
@@ -40,13 +40,35 @@ def test_trainer_schedules_follow_the_run():
     config = TrainConfig(total_tokens=1_000_000)
     trainer = SAETrainer(sae, config)
     steps = config.total_steps
-    assert trainer.lr.lr == pytest.approx(7e-4 * math.sqrt(1024 / 512) * math.sqrt(4096 / 256))
+    assert trainer.lr.lr == min(1e-2, 2e-3 * math.sqrt(1024 / 512) * math.sqrt(4096 / 256))
     assert trainer.lr.warmup_steps == int(0.05 * steps)
     assert trainer.lr.decay_steps == int(0.2 * steps)
     assert trainer.sparsity.coefficient == 1.0  # quadratic: unit-free λ (SPEC §2.4)
     assert trainer.tracker.window == int(0.05 * 1_000_000)
     paper = SAETrainer(saelab.create_sae("jumprelu", 16, 256), TrainConfig(recipe="paper"))
     assert paper.lr.lr == PAPER_RECIPES["jumprelu"].lr
+    assert [g["lr_scale"] for g in paper.optimizer.param_groups] == [1.0]
+
+
+@pytest.mark.parametrize(
+    ("arch", "b_dec_init", "expected"),
+    [
+        ("topk", "geometric_median", {"b_dec": 0.0, "b_enc": 0.1}),
+        ("jumprelu", "mean", {"b_dec": 0.0, "b_enc": 0.1, "threshold": 0.1}),
+        ("gated", "geometric_median", {"b_dec": 0.0, "b_gate": 0.1, "b_mag": 0.1}),
+        ("relu", "zeros", {"b_enc": 0.1}),
+    ],
+)
+def test_offsets_train_slower_and_a_data_initialised_b_dec_stays(arch, b_dec_init, expected):
+    """Budget rule: b_dec frozen where SPEC §2.0 set it from the data, encoder offsets at 0.1×
+    the LR (docs/jumprelu-training.md, "Offsets"); explicit lr_scales replace the rule."""
+    sae = saelab.create_sae(arch, 16, 64, seed=0, b_dec_init=b_dec_init)
+    groups = SAETrainer(sae, TrainConfig(total_tokens=100_000)).optimizer.param_groups
+    names = {id(p): n for n, p in sae.named_parameters()}
+    scales = {names[id(p)]: g["lr_scale"] for g in groups for p in g["params"]}
+    assert scales == dict.fromkeys(names.values(), 1.0) | expected
+    own = SAETrainer(sae, TrainConfig(total_tokens=100_000, lr_scales={"W_dec": 0.5}))
+    assert sorted(g["lr_scale"] for g in own.optimizer.param_groups) == [0.5, 1.0]
 
 
 def test_jumprelu_init_hits_the_target_l0_and_sets_epsilon_from_theta():

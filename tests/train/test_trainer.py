@@ -71,6 +71,29 @@ def test_training_is_deterministic_under_a_seed(arch):
     assert {"loss", "mse_loss", "l0", "fvu", "dead_fraction", "lr"} <= set(ha[-1])
 
 
+def test_lr_scales_multiply_the_lr_of_the_named_parameters():
+    x = torch.randn(3000, 8) + 3.0
+    base = dict(total_tokens=2000, batch_size=100, lr=1e-3, seed=3, normalize=False)
+    trained = {}
+    explicit = {"b_dec": 1.0, "b_enc": 0.1}  # the budget rule for a zero-initialised b_dec
+    for label, scales in (("none", None), ("rule", explicit), ("frozen", {"b_dec": 0.0})):
+        sae = saelab.create_sae("topk", 8, 32, k=4, seed=0, b_dec_init="zeros")
+        saelab.train(sae, x, saelab.TrainConfig(**base, lr_scales=scales))
+        trained[label] = sae.state_dict()
+    for name, value in trained["none"].items():
+        assert torch.equal(value, trained["rule"][name]), name
+    assert torch.equal(trained["frozen"]["b_dec"], torch.zeros(8))
+    assert trained["none"]["b_dec"].abs().min() > 0
+    with pytest.raises(ValueError, match=r"lr_scales names \['bias'\].*valid: \['W_dec'"):
+        saelab.train(
+            saelab.create_sae("topk", 8, 32, k=4),
+            x,
+            saelab.TrainConfig(**base, lr_scales={"bias": 0.5}),
+        )
+    with pytest.raises(ValueError, match="lr_scales"):
+        saelab.TrainConfig(lr_scales={"b_dec": -1.0})
+
+
 def test_unit_norm_decoder_kept_and_parallel_gradient_removed():
     sae = saelab.create_sae("jumprelu", 8, 16, seed=0)
     sae.W_dec.grad = torch.randn(16, 8)
