@@ -74,9 +74,10 @@ def train_saelab(args, train_x: torch.Tensor, held: torch.Tensor, rows: Path) ->
     done = {r["name"] for r in read_rows(rows)}
     manifest = read_manifest(Path(args.cache))["config"]
     # Every variant at its default LR first (but the last), then the sweep neighbours.
-    defaults = [(v, a, o, 1.0) for v, a, o in SAELAB_VARIANTS]
+    variants = [(v, a, o) for v, a, o in SAELAB_VARIANTS if v in args.variants]
+    defaults = [(v, a, o, 1.0) for v, a, o in variants]
     sweep = [
-        (v, a, o, f) for v, a, o in SAELAB_VARIANTS if v in SAELAB_LR_SWEEP
+        (v, a, o, f) for v, a, o in variants if v in SAELAB_LR_SWEEP
         for f in LR_FACTORS if f != 1.0
     ]  # fmt: skip
     plan = defaults[:-1] + sweep + defaults[-1:]
@@ -254,6 +255,12 @@ def main() -> None:
     parser.add_argument("--peers", action="store_true", help="Also train the peer libraries.")
     parser.add_argument("--bench-venv", default=".venv-bench", help="The peers' venv.")
     parser.add_argument("--skip-saelab", action="store_true", help="Skip saelab's phase.")
+    parser.add_argument(
+        "--variants",
+        type=lambda text: text.split(","),
+        default=[v for v, _, _ in SAELAB_VARIANTS],
+        help="saelab variants to train, comma-separated (default: all).",
+    )
     parser.add_argument("--skip-lm", action="store_true", help="Skip the Δ LM loss phase.")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (saelab).")
     parser.add_argument("--check", action="store_true", help="Exit 1 unless acceptance holds.")

@@ -75,6 +75,8 @@ def run_variant(spec: str, train_x: torch.Tensor, held: torch.Tensor, args) -> d
     history = saelab.train(sae, train_x, config)
     seconds = time.perf_counter() - start
     metrics = saelab.evaluate(sae, held)
+    if args.save:
+        sae.save(Path(args.save) / name)
     with torch.no_grad():
         frequency = (sae.encode(held) != 0).float().mean(0)
     curve = [
@@ -115,6 +117,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="Init and data-order seed.")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
     parser.add_argument("--out", required=True, help="JSONL file to append results to.")
+    parser.add_argument("--save", help="Folder to save each variant's SAE in (as DIR/name).")
     parser.add_argument("variants", nargs="+", help="name:arch,key=value,... (see above).")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
