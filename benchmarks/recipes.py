@@ -1,6 +1,7 @@
 """Training-recipe experiments: train SAE variants on one activation cache, score them held out.
 
-Each VARIANT is `name:arch,key=value,...` (a tuple as `betas=0/0.999`); keys that are TrainConfig fields (lr, batch_size,
+Each VARIANT is `name:arch,key=value,...` (a tuple as `betas=0/0.999`, a dict as
+`lr_scales={'b_dec':0.0,'b_enc':0.1}`); keys that are TrainConfig fields (lr, batch_size,
 betas, lr_decay_fraction, ...) go to training, the rest are SAE options (target_l0, bandwidth,
 aux_coefficient, ...). Every variant trains on the same first --tokens cached rows (same
 order) and is scored on the first --heldout-tokens rows of the held-out cache. One JSON line

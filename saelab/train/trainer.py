@@ -161,14 +161,15 @@ class SAETrainer:
 
 def param_groups(sae: SAE, scales: dict[str, float]) -> list[dict[str, Any]]:
     """One Adam group per LR multiplier: parameters named in scales get theirs, the rest 1."""
-    unknown = set(scales) - {name for name, _ in sae.named_parameters()}
+    params = dict(sae.named_parameters())
+    unknown = set(scales) - set(params)
     if unknown:
         raise ValueError(
             f"TrainConfig.lr_scales names {sorted(unknown)}, which {sae.architecture} SAEs do "
-            f"not have; valid: {sorted(name for name, _ in sae.named_parameters())}"
+            f"not have; valid: {sorted(params)}"
         )
     groups: dict[float, list[nn.Parameter]] = {}
-    for name, param in sae.named_parameters():
+    for name, param in params.items():
         groups.setdefault(scales.get(name, 1.0), []).append(param)
     return [{"params": params, "lr_scale": scale} for scale, params in groups.items()]
 
