@@ -1,10 +1,11 @@
 """ActivationStore: shuffled batches of activation vectors (B, d_in) from an LM or a disk cache.
 
-Each source chunk (hundreds of contexts, or one cache shard) is visited in the order of a
+Each source chunk (hundreds of contexts, or a group of cache shards) is visited in the order of a
 permutation seeded by (seed, chunk index); batches are gathered along it back to back (a batch
 may straddle two chunks). The state is (chunk state, offset): load_state_dict
 regenerates that one chunk and continues with exactly the batch that would have come next.
-Memory: one chunk on the target device plus the batch being gathered.
+Memory: one chunk on the target device plus the batch being gathered (for a cache, up to
+MIX_BYTES).
 """
 
 from __future__ import annotations
@@ -17,10 +18,14 @@ import torch
 from saelab.data.cache_reader import ActivationCache
 from saelab.data.corpora import Corpus, load_corpus
 from saelab.data.seeding import derive_seed
-from saelab.data.sources import ActivationSource, CacheSource, ModelSource
+from saelab.data.sources import ActivationSource, CacheSource, ModelSource, hook_list
 from saelab.lm.dtypes import parse_dtype
 from saelab.lm.loading import default_device, load_model
 from saelab.lm.model import LanguageModel
+
+# Shuffle window of a cache store: 2 GiB of float32 shuffles a 1M-token cache of a 640-wide
+# residual stream in two groups of 500k tokens (docs/training.md, "Shuffling").
+MIX_BYTES = 2 << 30
 
 
 class ActivationStore:
@@ -91,14 +96,22 @@ class ActivationStore:
         d_in: int | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        mix_tokens: int | None = None,
     ) -> ActivationStore:
-        """Batches read from a disk cache (checked against the expected model/hook/d_in if given)."""
+        """Batches read from a disk cache (checked against the expected model/hook/d_in if given).
+
+        mix_tokens: rows shuffled together, whole shards at a time (None: as many as fit in
+        MIX_BYTES of float32, the whole cache when it is small).
+        """
         cache = (
             path
             if isinstance(path, ActivationCache)
             else ActivationCache(path, model=model, hooks=hook, d_in=d_in)
         )
-        source = CacheSource(cache, hook or cache.default_hook(), seed=seed, epochs=epochs)
+        hook = hook or cache.default_hook()
+        if mix_tokens is None:
+            mix_tokens = max(1, MIX_BYTES // (4 * cache.d_in * len(hook_list(hook))))
+        source = CacheSource(cache, hook, seed=seed, epochs=epochs, mix_tokens=mix_tokens)
         return cls(source, batch_size, seed=seed, device=device, dtype=dtype)
 
     @property

@@ -28,6 +28,11 @@ from saelab.train.trainer import Lockstep
 CONFIG_FILE = "config.yaml"
 BYTES_PER_PARAM = 16  # fp32 weight + gradient + two Adam moments
 ACTIVATION_COPIES = 8  # pre-activations, features, masks and their gradients per latent
+# Tokens the LM computes before they are shuffled together when a run trains straight from the
+# model: consecutive contexts come from a few documents, and 65k-token windows of them doubled the
+# held-out FVU of a 300k-token cache run (docs/training.md, "Shuffling"). 262k tokens are about
+# two minutes of gemma-3-270m on 2 CPU cores before the first step.
+MODEL_MIX_TOKENS = 1 << 18
 
 
 class TrainingInterrupted(Exception):
@@ -85,8 +90,8 @@ def open_activations(cfg: RunConfig, base: TrainConfig):
     needed = max(base.total_steps * batch_size, base.norm_estimate_tokens)
     store = ActivationStore.from_model(
         lm, cfg.hooks, cfg.corpus, batch_size=batch_size, context_size=cfg.context_size,
-        model_batch_size=cfg.model_batch_size, buffer_tokens=min(1 << 16, needed), seed=seed,
-        max_tokens=needed, device=device,
+        model_batch_size=cfg.model_batch_size, buffer_tokens=min(MODEL_MIX_TOKENS, needed),
+        seed=seed, max_tokens=needed, device=device,
     )  # fmt: skip
     return store, lm.name, None
 

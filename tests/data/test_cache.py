@@ -87,6 +87,51 @@ def test_store_reads_the_cache_and_resumes_exactly(cache_dir):
     assert all(torch.equal(a, next(restored)) for a in expected)
 
 
+def test_store_shuffles_across_shards_in_groups_within_mix_tokens(cache_dir):
+    cache = ActivationCache(cache_dir)
+    shard_of = {
+        tuple(row): shard
+        for shard in range(4)
+        for row in cache.read_shard(shard, HOOKS[0]).tolist()
+    }
+
+    def shards_per_batch(**options):
+        store = ActivationStore.from_cache(
+            cache, hook=HOOKS[0], batch_size=100, seed=1, epochs=1, device="cpu", **options
+        )
+        return [{shard_of[tuple(row)] for row in batch.tolist()} for batch in store]
+
+    # Default window (MIX_BYTES): this small cache is one group, so every batch mixes all shards.
+    assert all(len(shards) >= 3 for shards in shards_per_batch())
+    # 500 tokens per group → 2 groups of 2 shards: the first batches hold exactly 2 shards.
+    grouped = shards_per_batch(mix_tokens=500)
+    assert len(grouped[0]) == 2 and grouped[0] == grouped[1]
+    assert set().union(*grouped) == {0, 1, 2, 3}
+    # mix_tokens=1: one shard at a time, as the cache was written (a batch straddles at most 2).
+    single = [len(shards) for shards in shards_per_batch(mix_tokens=1)]
+    assert max(single) == 2 and single.count(1) >= 5
+
+
+def test_store_resumes_exactly_inside_a_shard_group(cache_dir):
+    def make():
+        return ActivationStore.from_cache(
+            cache_dir, hook=HOOKS[0], batch_size=70, seed=4, device="cpu", mix_tokens=500
+        )
+
+    store = make()
+    for _ in range(9):  # 630 rows: past the first group of 600, into an epoch's second group
+        next(store)
+    state = json.loads(json.dumps(store.state_dict()))
+    expected = [next(store) for _ in range(20)]  # runs into the next epoch
+    restored = make()
+    restored.load_state_dict(state)
+    assert all(torch.equal(a, next(restored)) for a in expected)
+    with pytest.raises(ValueError, match="groups"):
+        ActivationStore.from_cache(
+            cache_dir, hook=HOOKS[0], batch_size=70, seed=4, device="cpu", mix_tokens=1
+        ).load_state_dict(state)
+
+
 def test_multi_hook_cache_needs_an_explicit_hook(cache_dir):
     with pytest.raises(CacheMismatchError, match="several hooks"):
         ActivationStore.from_cache(cache_dir, device="cpu")
