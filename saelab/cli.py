@@ -146,6 +146,14 @@ def eval_command(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print eval.json on stdout instead of a table.")
     ] = False,
+    reuse_reference: Annotated[
+        bool,
+        typer.Option(
+            help="Reuse the clean and zero-ablation passes of the same model, hook and eval "
+            "settings from saelab's cache (saved by the first evaluation), so only the spliced "
+            "pass runs; --no-reuse-reference runs all three."
+        ),
+    ] = True,
 ) -> None:
     """SPEC §3 metrics + spliced-LM loss on held-out text → eval.json, latent stats, density plot."""
     from rich.console import Console
@@ -157,7 +165,7 @@ def eval_command(
         report, written = run_eval_command(
             path=path, model=model, hook=hook, corpus=corpus, tokens=tokens,
             batch_size=batch_size, context_size=context_size, device=device, dtype=dtype,
-            seed=seed, out=out,
+            seed=seed, out=out, reuse_reference=reuse_reference,
         )  # fmt: skip
     if report["n_tokens"] < tokens:
         typer.echo(f"Warning: the held-out split had only {report['n_tokens']:,} tokens.", err=True)

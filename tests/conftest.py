@@ -35,6 +35,14 @@ TINY_LAYERS = 4
 TINY_D_MODEL = 64
 
 
+@pytest.fixture(autouse=True)
+def _eval_references_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+    """Each test keeps cached evaluation references (saelab.evals.reference) in its own folder,
+    not in the user's cache, so no test reuses another's."""
+    folder = tmp_path_factory.mktemp("eval-reference")
+    monkeypatch.setattr("saelab.evals.reference.reference_dir", lambda: folder)
+
+
 def _training_text() -> list[str]:
     """A few standard-library files: real text to train the tiny BPE tokenizer on."""
     root = Path(sysconfig.get_paths()["stdlib"])

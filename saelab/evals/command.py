@@ -16,6 +16,12 @@ from saelab.evals.density import (
     save_latent_stats,
 )
 from saelab.evals.metrics import MetricsAccumulator
+from saelab.evals.reference import (
+    matching_reference,
+    reference_path,
+    save_reference,
+    supports_reference,
+)
 from saelab.evals.report import build_report, write_report
 from saelab.evals.spliced import SplicedEvaluator
 from saelab.evals.tokens import heldout_batches
@@ -65,10 +71,13 @@ def run_eval_command(
     dtype: str,
     seed: int,
     out: Path | None,
+    reuse_reference: bool = True,
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate an SAE (SPEC §3); write eval.json, latent stats and density plot beside it.
 
-    Returns (the eval.json document, its path).
+    reuse_reference: read the SAE-independent passes of these settings from saelab's cache
+    (computing and saving them the first time; saelab.evals.reference). Returns (the eval.json
+    document, its path).
     """
     start = time.perf_counter()
     sae = load_sae(path)
@@ -78,16 +87,6 @@ def run_eval_command(
     resolve_hook(lm.model, hook_name)
     sae.to(lm.device)
     context_size = context_size or sae.cfg.context_size or DEFAULT_CONTEXT_SIZE
-    evaluator = SplicedEvaluator(sae, lm, hook_name)
-    batches = heldout_batches(
-        source, lm.tokenizer, tokens, context_size=context_size, batch_size=batch_size, seed=seed
-    )
-    done = 0
-    with token_progress("evaluating", tokens) as on_progress:
-        for batch in batches:
-            done += evaluator.update(batch)
-            on_progress(done, max(tokens, done))
-    metrics = evaluator.result()
     eval_config = {
         "model": model_name,
         "hook": hook_name,
@@ -100,6 +99,27 @@ def run_eval_command(
         "device": str(lm.device),
         "dtype": str(lm.dtype).removeprefix("torch."),
     }
+    batches = heldout_batches(
+        source, lm.tokenizer, tokens, context_size=context_size, batch_size=batch_size, seed=seed
+    )
+    held = list(batches)  # small (token ids): checked against a cached reference's tokens
+    ref_path = (
+        reference_path(lm, hook_name, eval_config)
+        if reuse_reference and supports_reference(lm.model)
+        else None
+    )
+    reference = matching_reference(ref_path, held, lm.device) if ref_path else None
+    evaluator = SplicedEvaluator(
+        sae, lm, hook_name, record_reference=ref_path is not None and reference is None
+    )
+    done = 0
+    with token_progress("evaluating", tokens) as on_progress:
+        for batch, reference_batch in zip(held, reference or [None] * len(held), strict=True):
+            done += evaluator.update(batch, reference_batch)
+            on_progress(done, max(tokens, done))
+    metrics = evaluator.result()
+    if ref_path is not None and evaluator.reference_batches is not None:
+        save_reference(ref_path, evaluator.reference_batches)
     return save_eval(
         out or default_output(path),
         metrics=metrics,

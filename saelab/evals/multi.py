@@ -11,6 +11,12 @@ from typing import Any
 from saelab.data.corpora import Corpus
 from saelab.data.progress import token_progress
 from saelab.evals.command import save_eval
+from saelab.evals.reference import (
+    matching_reference,
+    reference_path,
+    save_reference,
+    supports_reference,
+)
 from saelab.evals.spliced import MultiSplicedEvaluator
 from saelab.evals.tokens import heldout_batches
 from saelab.lm.dtypes import dtype_name
@@ -70,36 +76,51 @@ def evaluate_targets(
     targets: list[EvalTarget],
     settings: EvalSettings,
     log: Callable[[str], None] = print,
+    reuse_reference: bool = True,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Evaluate every target on the same tokens and write its eval.json (+ stats, plot).
 
-    SAEs at one hook share the clean and zero-ablation passes (MultiSplicedEvaluator); an SAE
-    whose evaluation or file writing fails is reported without losing the others.
+    SAEs at one hook share the clean and zero-ablation passes (MultiSplicedEvaluator), which
+    with reuse_reference are read from (or saved to) saelab's cache (saelab.evals.reference);
+    an SAE whose evaluation or file writing fails is reported without losing the others.
     Returns (eval.json documents by name, error messages by name).
     """
     start = time.perf_counter()
+    device, dtype = str(lm.device), dtype_name(lm.dtype)
     by_hook: dict[str, list[int]] = {}
     for i, target in enumerate(targets):
         by_hook.setdefault(target.hook, []).append(i)
         target.sae.to(lm.device)
-    evaluators = {
-        hook: MultiSplicedEvaluator(
-            [targets[i].sae for i in indices], lm, hook, isolate_failures=True
-        )
-        for hook, indices in by_hook.items()
-    }
-    failures: dict[str, str] = {}
     batches = heldout_batches(
         settings.corpus, lm.tokenizer, settings.tokens, context_size=settings.context_size,
         batch_size=settings.batch_size, seed=settings.seed,
     )  # fmt: skip
+    held = list(batches)  # small (token ids): checked against cached references' tokens
+    paths = {
+        hook: reference_path(lm, hook, settings.eval_config(model_name, hook, device, dtype))
+        for hook in by_hook
+        if reuse_reference and supports_reference(lm.model)
+    }
+    references = {hook: matching_reference(path, held, lm.device) for hook, path in paths.items()}
+    evaluators = {
+        hook: MultiSplicedEvaluator(
+            [targets[i].sae for i in indices],
+            lm,
+            hook,
+            isolate_failures=True,
+            record_reference=hook in paths and references[hook] is None,
+        )
+        for hook, indices in by_hook.items()
+    }
+    failures: dict[str, str] = {}
     total = settings.tokens * len(targets)
     done = 0
     with token_progress(f"evaluating {len(targets)} SAE(s), tokens × SAEs", total) as progress:
-        for batch in batches:
+        for b, batch in enumerate(held):
             for hook, evaluator in list(evaluators.items()):
+                reference = references.get(hook)
                 try:
-                    n = evaluator.update(batch)
+                    n = evaluator.update(batch, reference[b] if reference else None)
                 except Exception as error:  # a failure shared by every SAE at this hook
                     for i in evaluator.active():
                         failures[targets[by_hook[hook][i]].name] = (
@@ -110,8 +131,9 @@ def evaluate_targets(
                 done += n * len(evaluator.active())
                 progress(done, max(total, done))
     reports: dict[str, dict[str, Any]] = {}
-    device, dtype = str(lm.device), dtype_name(lm.dtype)
     for hook, evaluator in evaluators.items():
+        if evaluator.reference_batches is not None:
+            save_reference(paths[hook], evaluator.reference_batches)
         for j, i in enumerate(by_hook[hook]):
             target = targets[i]
             if j in evaluator.failed:

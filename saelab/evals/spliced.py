@@ -22,6 +22,7 @@ from torch import Tensor
 
 from saelab.data import sae_token_mask, special_token_ids
 from saelab.evals.metrics import MetricsAccumulator
+from saelab.evals.reference import ReferenceBatch, supports_reference
 from saelab.lm.logits import head_logits
 from saelab.lm.model import LanguageModel
 from saelab.lm.prefix import SharedPrefix
@@ -43,10 +44,12 @@ def _total(values: Tensor) -> float:
     return float(values.double().sum())
 
 
-def _log_probs(lm: LanguageModel, hidden: Tensor) -> Tensor:
-    """float32 log-softmax of the logits of final hidden states (rows, d), computed in place."""
+def _log_probs(lm: LanguageModel, hidden: Tensor) -> tuple[Tensor, Tensor]:
+    """float32 log-softmax (computed in place) and logsumexp of the logits of final hidden
+    states (rows, d)."""
     logits = head_logits(lm.model, hidden).float()
-    return logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    return logits.sub_(lse), lse
 
 
 class MultiSplicedEvaluator:
@@ -58,6 +61,10 @@ class MultiSplicedEvaluator:
     batch: logits are computed for LOGIT_CHUNK_ELEMENTS rows×vocab at a time and dropped.
     With isolate_failures, an SAE whose evaluation raises is recorded in `failed` (index →
     message) and skipped from then on, so the others' results survive.
+
+    update(ids, reference) with the batch's ReferenceBatch (saelab.evals.reference) skips the
+    clean and zero-ablation runs. With record_reference (and a linear head), the evaluator
+    collects each batch's ReferenceBatch in `reference_batches` as it runs them.
     """
 
     def __init__(
@@ -68,6 +75,7 @@ class MultiSplicedEvaluator:
         special_ids: list[int] | None = None,
         *,
         isolate_failures: bool = False,
+        record_reference: bool = False,
     ) -> None:
         if not saes:
             raise ValueError("MultiSplicedEvaluator needs at least one SAE")
@@ -83,8 +91,11 @@ class MultiSplicedEvaluator:
         self.sae_sums = [{"ce_sae": 0.0, "kl": 0.0} for _ in self.saes]
         self.n_predictions = 0
         self._prefix = SharedPrefix(lm.model, hook)
-        vocab = lm.model.get_output_embeddings().weight.shape[0]
-        self._chunk_rows = max(1, LOGIT_CHUNK_ELEMENTS // vocab)
+        head = lm.model.get_output_embeddings()
+        self._chunk_rows = max(1, LOGIT_CHUNK_ELEMENTS // head.weight.shape[0])
+        self.reference_batches: list[ReferenceBatch] | None = (
+            [] if record_reference and supports_reference(lm.model) else None
+        )
 
     def active(self) -> list[int]:
         """Indices of the SAEs still being evaluated (not failed)."""
@@ -112,52 +123,124 @@ class MultiSplicedEvaluator:
         return self._prefix.replaced(lambda a: _spliced(a, mask, x_hat))
 
     @torch.inference_mode()
-    def update(self, input_ids: Tensor) -> int:
-        """Evaluate one batch of contexts (batch, seq); returns its number of SAE positions."""
+    def update(self, input_ids: Tensor, reference: ReferenceBatch | None = None) -> int:
+        """Evaluate one batch of contexts (batch, seq); returns its number of SAE positions.
+
+        reference: the batch's SAE-independent sums (same ids), so only the spliced runs happen.
+        """
         ids = input_ids.to(self.lm.device)
         mask = sae_token_mask(ids, self.special_ids)
-        x, clean = self._prefix.clean(ids)
+        if reference is None:
+            x, clean = self._prefix.clean(ids)
+        else:
+            x = self._prefix.prefix(ids)
         spliced: dict[int, Tensor] = {}
         for i in self.active():
             try:
                 spliced[i] = self._splice(i, x, mask)
             except Exception as error:  # isolated per SAE when asked, else re-raised
                 self._fail(i, error)
-        zero_values = torch.zeros((int(mask.sum()), x.shape[-1]), dtype=x.dtype, device=x.device)
-        zeroed = self._prefix.replaced(lambda a: _spliced(a, mask, zero_values))
         predicted = mask[:, :-1]
         if self.pad_id is not None:
             predicted = predicted & (ids[:, 1:] != self.pad_id)
         targets = ids[:, 1:][predicted]
-        rows = {key: h[:, :-1][predicted] for key, h in (("clean", clean), ("zero", zeroed))}
         spliced_rows = {i: h[:, :-1][predicted] for i, h in spliced.items()}
-        for start in range(0, len(targets), self._chunk_rows):
-            chunk = slice(start, start + self._chunk_rows)
-            self._score(
-                rows["clean"][chunk],
-                rows["zero"][chunk],
-                {i: r[chunk] for i, r in spliced_rows.items()},
-                targets[chunk],
+        if reference is None:
+            zero_values = torch.zeros(
+                (int(mask.sum()), x.shape[-1]), dtype=x.dtype, device=x.device
             )
+            zeroed = self._prefix.replaced(lambda a: _spliced(a, mask, zero_values))
+            self._score_batch(
+                clean[:, :-1][predicted], zeroed[:, :-1][predicted], spliced_rows, targets, ids
+            )
+        else:
+            self._score_with_reference(spliced_rows, targets, reference)
         self.n_predictions += len(targets)
         return int(mask.sum())
 
+    def _chunks(self, n: int) -> list[slice]:
+        """Row slices of at most LOGIT_CHUNK_ELEMENTS logits each."""
+        return [slice(start, start + self._chunk_rows) for start in range(0, n, self._chunk_rows)]
+
+    def _score_batch(
+        self,
+        clean: Tensor,
+        zeroed: Tensor,
+        spliced: dict[int, Tensor],
+        targets: Tensor,
+        ids: Tensor,
+    ) -> None:
+        """Add the CE and KL sums of a batch, a chunk at a time; record its ReferenceBatch."""
+        before = (self.shared_sums["ce_clean"], self.shared_sums["ce_zero"])
+        offsets, duals = 0.0, []
+        for chunk in self._chunks(len(targets)):
+            offset, dual = self._score(
+                clean[chunk], zeroed[chunk], {i: r[chunk] for i, r in spliced.items()},
+                targets[chunk],
+            )  # fmt: skip
+            offsets += offset
+            duals.append(dual)
+        if self.reference_batches is not None:
+            self.reference_batches.append(
+                ReferenceBatch(
+                    input_ids=ids,
+                    ce_clean=self.shared_sums["ce_clean"] - before[0],
+                    ce_zero=self.shared_sums["ce_zero"] - before[1],
+                    kl_offset=offsets,
+                    clean_dual=torch.cat(duals) if duals else clean.new_zeros(0, 0).double(),
+                )
+            )
+
     def _score(
         self, clean: Tensor, zeroed: Tensor, spliced: dict[int, Tensor], targets: Tensor
-    ) -> None:
-        """Add the CE and KL sums of one chunk of predictions (SPEC §3), in place where possible."""
+    ) -> tuple[float, Tensor | None]:
+        """Add the CE and KL sums of one chunk of predictions (SPEC §3), in place where possible.
+
+        Returns the chunk's reference part when recording (KL offset, Wᵀp per prediction).
+        """
         index = targets[:, None]
-        self.shared_sums["ce_zero"] -= _total(_log_probs(self.lm, zeroed).gather(1, index))
-        lp_clean = _log_probs(self.lm, clean)
+        self.shared_sums["ce_zero"] -= _total(_log_probs(self.lm, zeroed)[0].gather(1, index))
+        lp_clean = _log_probs(self.lm, clean)[0]
         self.shared_sums["ce_clean"] -= _total(lp_clean.gather(1, index))
         p_clean = lp_clean.exp()
         for i, hidden in spliced.items():
-            lp_sae = _log_probs(self.lm, hidden)
+            lp_sae = _log_probs(self.lm, hidden)[0]
             self.sae_sums[i]["ce_sae"] -= _total(lp_sae.gather(1, index))
             # KL(p_clean ‖ p_sae) = Σ_v p_clean · (log p_clean − log p_sae), per position
             log_ratio = torch.sub(lp_clean, lp_sae, out=lp_sae)
             self.sae_sums[i]["kl"] += _total(torch.linalg.vecdot(p_clean, log_ratio))
             del lp_sae, log_ratio
+        if self.reference_batches is None:
+            return 0.0, None
+        head = self.lm.model.get_output_embeddings()
+        offset = _total(torch.linalg.vecdot(p_clean, lp_clean))
+        if head.bias is not None:
+            offset -= _total(p_clean @ head.bias.float())
+        return offset, (p_clean @ head.weight.float()).double()
+
+    def _score_with_reference(
+        self, spliced: dict[int, Tensor], targets: Tensor, reference: ReferenceBatch
+    ) -> None:
+        """CE and KL sums of a batch from its reference (saelab.evals.reference) and the spliced
+        runs: KL = (Σ_v p log p − p·b) − (Wᵀp)·h + logsumexp(W h + b) per prediction."""
+        if len(reference.clean_dual) != len(targets):
+            raise ValueError(
+                f"reference batch holds {len(reference.clean_dual)} predictions, this batch "
+                f"{len(targets)}: the reference belongs to other tokens"
+            )
+        self.shared_sums["ce_clean"] += reference.ce_clean
+        self.shared_sums["ce_zero"] += reference.ce_zero
+        for i in spliced:
+            self.sae_sums[i]["kl"] += reference.kl_offset
+        for chunk in self._chunks(len(targets)):
+            index, dual = targets[chunk][:, None], reference.clean_dual[chunk]
+            for i, rows in spliced.items():
+                hidden = rows[chunk]
+                lp_sae, lse = _log_probs(self.lm, hidden)
+                self.sae_sums[i]["ce_sae"] -= _total(lp_sae.gather(1, index))
+                del lp_sae
+                cross = torch.linalg.vecdot(dual, hidden.double())
+                self.sae_sums[i]["kl"] += _total(lse) - _total(cross)
 
     def model_behavior(self, index: int) -> dict[str, float]:
         """CE clean/SAE/zero, delta LM loss, CE loss recovered and KL of SAE `index` (SPEC §3)."""
@@ -198,9 +281,15 @@ class SplicedEvaluator(MultiSplicedEvaluator):
     """The single-SAE case of MultiSplicedEvaluator (same passes, same numbers)."""
 
     def __init__(
-        self, sae: SAE, lm: LanguageModel, hook: str, special_ids: list[int] | None = None
+        self,
+        sae: SAE,
+        lm: LanguageModel,
+        hook: str,
+        special_ids: list[int] | None = None,
+        *,
+        record_reference: bool = False,
     ) -> None:
-        super().__init__([sae], lm, hook, special_ids)
+        super().__init__([sae], lm, hook, special_ids, record_reference=record_reference)
         self.sae = sae
         self.tensor = self.tensors[0]
 

@@ -80,6 +80,11 @@ def _hook(point: HookPoint, fn: Callable[[torch.Tensor], torch.Tensor | None]) -
     return (_hook_input if point.capture == "input" else _hook_output)(point, fn)
 
 
+def observe(model: nn.Module, hook: str, fn: Callable[[torch.Tensor], None]) -> RemovableHandle:
+    """Call fn(activation at `hook`) in every forward until the returned handle is removed."""
+    return _hook(resolve_hook(model, hook), fn)
+
+
 def _replace_resid_mid(
     model: nn.Module, point: HookPoint, fn: ActivationFn
 ) -> list[RemovableHandle]:

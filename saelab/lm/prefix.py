@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from saelab.lm.hooks import decoder_layers, family_layout, resolve_hook
-from saelab.lm.intervene import ActivationFn, record_activations, replace_activation
+from saelab.lm.intervene import ActivationFn, observe, record_activations, replace_activation
 from saelab.lm.logits import final_hidden_states
 
 
@@ -25,6 +25,10 @@ def prefix_depth(model: nn.Module, hook: str) -> int:
     """How many leading decoder layers produce their output without depending on `hook`."""
     point = resolve_hook(model, hook)
     return point.layer + 1 if point.kind == "hook_resid_post" else point.layer
+
+
+class _ReachedHook(Exception):
+    """Raised at the hook by prefix(): the layers after it never run."""
 
 
 @contextmanager
@@ -50,7 +54,8 @@ def _replayed(layers: Sequence[nn.Module], output: object) -> Iterator[None]:
 class SharedPrefix:
     """Forwards of one input with the activation at `hook` replaced, sharing the earlier layers.
 
-    Call clean(input_ids) first; each replaced(fn) then reruns only the layers from the hook on.
+    Call clean(input_ids) (or prefix(input_ids), which stops at the hook) first; each
+    replaced(fn) then reruns only the layers from the hook on.
     """
 
     def __init__(self, model: nn.Module, hook: str) -> None:
@@ -78,6 +83,34 @@ class SharedPrefix:
         self._input_ids = input_ids
         self._prefix_output = kept[0] if kept else None
         return recorded[self.hook], hidden
+
+    def prefix(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The activation at the hook (batch, seq, d); the layers after the hook do not run."""
+        kept: list[object] = []
+        recorded: list[torch.Tensor] = []
+
+        def stop(activation: torch.Tensor) -> None:
+            recorded.append(activation.detach())
+            raise _ReachedHook
+
+        # The last prefix layer's output is kept before the hook stops the forward (a
+        # hook_resid_post hook sits on that same layer's output, so keep runs first).
+        handles = (
+            [self._layers[-1].register_forward_hook(lambda _m, _a, output: kept.append(output))]
+            if self._layers
+            else []
+        )
+        handles.append(observe(self.model, self.hook, stop))
+        try:
+            self.model(input_ids=input_ids, use_cache=False)
+        except _ReachedHook:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        self._input_ids = input_ids
+        self._prefix_output = kept[0] if kept else None
+        return recorded[0]
 
     def replaced(self, fn: ActivationFn) -> torch.Tensor:
         """Final hidden states of the clean() input with fn(activation) at the hook."""
