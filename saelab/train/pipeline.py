@@ -209,12 +209,15 @@ def run_training(
     store, model_name, available = open_activations(cfg, base)
     trained = base.total_steps * base.batch_size
     if main:
-        notes = [
-            rounding_message(cfg.tokens, base.batch_size, ("--tokens", "--batch-size")),
-            cycling_message(f"the cache {cfg.cache}", available, trained) if available else None,
-        ]
-        for note in filter(None, notes):
-            warn(note)
+        # A batch size the user set makes the rounding their choice to check (a warning); one
+        # derived from --tokens only needs saying.
+        explicit = "batch_size" in cfg.train
+        batch = "--batch-size" if explicit else "the batch size derived from it,"
+        rounded = rounding_message(cfg.tokens, base.batch_size, ("--tokens", batch))
+        if rounded:
+            (warn if explicit else log)(rounded)
+        if available and (cycled := cycling_message(f"the cache {cfg.cache}", available, trained)):
+            warn(cycled)
     d_per_hook = store.d_in // len(cfg.hooks)
     members = build_members(cfg, d_per_hook, model_name, out)
     report = check_memory(members, base.batch_size, base.device, cfg.max_memory_gb)

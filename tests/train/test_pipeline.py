@@ -362,6 +362,18 @@ def _expected_final(directory: Path, steps: int) -> dict[str, float]:
     }
 
 
+def test_rounding_to_a_derived_batch_size_is_a_note_not_a_warning(small_cache, tmp_path):
+    args = ["train", "--cache", str(small_cache), "--hook", HOOK, "--width", "32"]
+    args += ["--arch", "topk", "--k", "8", "--tokens", "10000", "--out", str(tmp_path / "run")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (
+        "--tokens 10,000 is not a multiple of the batch size derived from it, 256; "
+        "training 9,984 tokens (39 steps)"
+    ) in result.stdout.splitlines()  # with the other progress notes
+    assert "not a multiple" not in result.stderr
+
+
 def test_train_reports_progress_warnings_a_final_table_and_json(small_cache, tmp_path):
     from saelab.data.cache_reader import ActivationCache
 
