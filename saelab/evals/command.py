@@ -16,12 +16,7 @@ from saelab.evals.density import (
     save_latent_stats,
 )
 from saelab.evals.metrics import MetricsAccumulator
-from saelab.evals.reference import (
-    matching_reference,
-    reference_path,
-    save_reference,
-    supports_reference,
-)
+from saelab.evals.reference import find_reference, save_reference
 from saelab.evals.report import build_report, write_report
 from saelab.evals.spliced import SplicedEvaluator
 from saelab.evals.tokens import heldout_batches
@@ -103,12 +98,7 @@ def run_eval_command(
         source, lm.tokenizer, tokens, context_size=context_size, batch_size=batch_size, seed=seed
     )
     held = list(batches)  # small (token ids): checked against a cached reference's tokens
-    ref_path = (
-        reference_path(lm, hook_name, eval_config)
-        if reuse_reference and supports_reference(lm.model)
-        else None
-    )
-    reference = matching_reference(ref_path, held, lm.device) if ref_path else None
+    ref_path, reference = find_reference(lm, hook_name, eval_config, held, reuse_reference)
     evaluator = SplicedEvaluator(
         sae, lm, hook_name, record_reference=ref_path is not None and reference is None
     )
@@ -118,7 +108,7 @@ def run_eval_command(
             done += evaluator.update(batch, reference_batch)
             on_progress(done, max(tokens, done))
     metrics = evaluator.result()
-    if ref_path is not None and evaluator.reference_batches is not None:
+    if evaluator.reference_batches is not None:
         save_reference(ref_path, evaluator.reference_batches)
     return save_eval(
         out or default_output(path),

@@ -11,12 +11,7 @@ from typing import Any
 from saelab.data.corpora import Corpus
 from saelab.data.progress import token_progress
 from saelab.evals.command import save_eval
-from saelab.evals.reference import (
-    matching_reference,
-    reference_path,
-    save_reference,
-    supports_reference,
-)
+from saelab.evals.reference import find_reference, save_reference
 from saelab.evals.spliced import MultiSplicedEvaluator
 from saelab.evals.tokens import heldout_batches
 from saelab.lm.dtypes import dtype_name
@@ -96,19 +91,19 @@ def evaluate_targets(
         batch_size=settings.batch_size, seed=settings.seed,
     )  # fmt: skip
     held = list(batches)  # small (token ids): checked against cached references' tokens
-    paths = {
-        hook: reference_path(lm, hook, settings.eval_config(model_name, hook, device, dtype))
+    found = {
+        hook: find_reference(
+            lm, hook, settings.eval_config(model_name, hook, device, dtype), held, reuse_reference
+        )
         for hook in by_hook
-        if reuse_reference and supports_reference(lm.model)
     }
-    references = {hook: matching_reference(path, held, lm.device) for hook, path in paths.items()}
     evaluators = {
         hook: MultiSplicedEvaluator(
             [targets[i].sae for i in indices],
             lm,
             hook,
             isolate_failures=True,
-            record_reference=hook in paths and references[hook] is None,
+            record_reference=found[hook][0] is not None and found[hook][1] is None,
         )
         for hook, indices in by_hook.items()
     }
@@ -118,7 +113,7 @@ def evaluate_targets(
     with token_progress(f"evaluating {len(targets)} SAE(s), tokens × SAEs", total) as progress:
         for b, batch in enumerate(held):
             for hook, evaluator in list(evaluators.items()):
-                reference = references.get(hook)
+                reference = found[hook][1]
                 try:
                     n = evaluator.update(batch, reference[b] if reference else None)
                 except Exception as error:  # a failure shared by every SAE at this hook
@@ -133,7 +128,7 @@ def evaluate_targets(
     reports: dict[str, dict[str, Any]] = {}
     for hook, evaluator in evaluators.items():
         if evaluator.reference_batches is not None:
-            save_reference(paths[hook], evaluator.reference_batches)
+            save_reference(found[hook][0], evaluator.reference_batches)
         for j, i in enumerate(by_hook[hook]):
             target = targets[i]
             if j in evaluator.failed:

@@ -129,3 +129,17 @@ def matching_reference(
         for ref, ids in zip(reference, batches, strict=True)
     )
     return reference if same else None
+
+
+def find_reference(
+    lm: LanguageModel, hook: str, settings: dict[str, Any], batches: list[Tensor], reuse: bool
+) -> tuple[Path | None, list[ReferenceBatch] | None]:
+    """(where the reference of this evaluation lives, the saved one if it matches `batches`).
+
+    (None, None) when references are not reused or the model's head has no cached form; a path
+    with None: evaluate all three passes, recording the reference to save at that path.
+    """
+    if not (reuse and supports_reference(lm.model)):
+        return None, None
+    path = reference_path(lm, hook, settings)
+    return path, matching_reference(path, batches, lm.device)

@@ -66,8 +66,10 @@ class SharedPrefix:
         self._input_ids: torch.Tensor | None = None
         self._prefix_output: object = None
 
-    def clean(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unmodified forward: (activation at the hook, final hidden states), both (batch, seq, d)."""
+    @contextmanager
+    def _remembering(self, input_ids: torch.Tensor) -> Iterator[None]:
+        """Within the block, keep the last prefix layer's output of a forward of `input_ids`;
+        once the block ends without error, replaced() replays it."""
         kept: list[object] = []
         handle = (
             self._layers[-1].register_forward_hook(lambda _m, _a, output: kept.append(output))
@@ -75,41 +77,40 @@ class SharedPrefix:
             else None
         )
         try:
-            with record_activations(self.model, self.hook) as recorded:
-                hidden = final_hidden_states(self.model, input_ids)
+            yield
         finally:
             if handle is not None:
                 handle.remove()
         self._input_ids = input_ids
         self._prefix_output = kept[0] if kept else None
+
+    def clean(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unmodified forward: (activation at the hook, final hidden states), both (batch, seq, d)."""
+        with (
+            self._remembering(input_ids),
+            record_activations(self.model, self.hook) as recorded,
+        ):
+            hidden = final_hidden_states(self.model, input_ids)
         return recorded[self.hook], hidden
 
     def prefix(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The activation at the hook (batch, seq, d); the layers after the hook do not run."""
-        kept: list[object] = []
         recorded: list[torch.Tensor] = []
 
         def stop(activation: torch.Tensor) -> None:
             recorded.append(activation.detach())
             raise _ReachedHook
 
-        # The last prefix layer's output is kept before the hook stops the forward (a
-        # hook_resid_post hook sits on that same layer's output, so keep runs first).
-        handles = (
-            [self._layers[-1].register_forward_hook(lambda _m, _a, output: kept.append(output))]
-            if self._layers
-            else []
-        )
-        handles.append(observe(self.model, self.hook, stop))
-        try:
-            self.model(input_ids=input_ids, use_cache=False)
-        except _ReachedHook:
-            pass
-        finally:
-            for handle in handles:
+        # The prefix output is kept before the hook stops the forward: a hook_resid_post hook
+        # sits on the same layer's output, and hooks run in the order they were added.
+        with self._remembering(input_ids):
+            handle = observe(self.model, self.hook, stop)
+            try:
+                self.model(input_ids=input_ids, use_cache=False)
+            except _ReachedHook:
+                pass
+            finally:
                 handle.remove()
-        self._input_ids = input_ids
-        self._prefix_output = kept[0] if kept else None
         return recorded[0]
 
     def replaced(self, fn: ActivationFn) -> torch.Tensor:
