@@ -77,7 +77,9 @@ in 312 steps).
 Metrics (SPEC §3), on the first --heldout-tokens rows of --heldout, on RAW activations with the
 peer's inference forward (BatchTopK through its saved threshold): l0 = mean #nonzero latents,
 fvu = Σ‖x−x̂‖² / Σ‖x−x̄‖², dead_fraction = latents never nonzero on those tokens; seconds = wall
-time of training only (incl. norm estimation and init), tokens_per_s = trained tokens / seconds.
+time of training only (incl. norm estimation and init), tokens_per_s = trained tokens / seconds;
+peak_rss_mb = the process's peak RSS when training ends (the training and held-out rows
+included), training_rss_mb = how far training raised it above the peak after loading the rows.
 
 --export DIR writes cfg.json + sae_weights.safetensors (SAELens format, normalisation already
 folded, thresholds clamped at 0, which is exact for these ReLU'd encoders) that saelab.load_sae
@@ -93,6 +95,7 @@ import importlib.metadata as md
 import json
 import math
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -107,11 +110,13 @@ import torch
 from torch import Tensor
 
 VARIANTS = {
+    "saelab": ("jumprelu", "topk", "batchtopk"),
     "saelens": ("jumprelu-step", "jumprelu-tanh", "jumprelu-target", "topk", "batchtopk"),
     "dictionary_learning": ("jumprelu-target", "batchtopk"),
     "sparsify": ("topk",),
 }
 PACKAGES = {
+    "saelab": "saelab",
     "saelens": "sae-lens",
     "dictionary_learning": "dictionary-learning",
     "sparsify": "eai-sparsify",
@@ -158,6 +163,11 @@ class Batches:
             yield self.rows[self.order[i * self.batch_size : (i + 1) * self.batch_size]]
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set so far, in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def cap(default: int, fraction: float, steps: int) -> int:
     """A step-count default, capped at `fraction` of the run (at least 1 step)."""
     return min(default, max(1, int(fraction * steps)))
@@ -195,6 +205,38 @@ def jumprelu_state(
         "threshold": theta.clamp(min=0),
     }
     return {k: v.detach().float().contiguous().clone() for k, v in state.items()}
+
+
+# ---- saelab (the reference row of benchmarks/train_run.py) ---------------------------------------
+def train_saelab(variant: str, data: Batches, args: argparse.Namespace, overrides: dict) -> Trained:
+    """saelab.train from saelab's default init and budget recipe, on the same batches."""
+    import saelab
+    from saelab.train.config import TrainConfig, recipe_for
+
+    option = {"k": args.k} if variant in ("topk", "batchtopk") else {"target_l0": args.target_l0}
+    defaults = option | {"lr": args.lr}
+    settings = resolve(defaults, overrides)
+    sae = saelab.create_sae(
+        variant, data.rows.shape[1], args.width, seed=args.seed, **{k: settings[k] for k in option}
+    )
+    config = TrainConfig(
+        total_tokens=data.steps * data.batch_size,
+        batch_size=data.batch_size,
+        seed=args.seed,
+        lr=settings["lr"],
+    )
+    settings["lr"] = settings["lr"] or recipe_for(sae.cfg, config).lr
+    start = time.perf_counter()
+    saelab.train(sae, data, config)
+    seconds = time.perf_counter() - start
+    sae.eval()
+    settings["peer_config"] = {"sae": sae.cfg.to_dict(), "train": config.to_dict()}
+
+    def export() -> tuple[str, dict[str, Tensor], bool]:
+        state = {k: v.detach().float().contiguous().clone() for k, v in sae.state_dict().items()}
+        return sae.cfg.architecture, state, sae.cfg.apply_b_dec_to_input
+
+    return Trained(sae.encode, sae.decode, export, settings, seconds)
 
 
 # ---- SAELens -------------------------------------------------------------------------------------
@@ -442,6 +484,7 @@ def train_sparsify(
 
 
 TRAINERS = {
+    "saelab": train_saelab,
     "saelens": train_saelens,
     "dictionary_learning": train_dictionary_learning,
     "sparsify": train_sparsify,
@@ -615,7 +658,9 @@ def main(argv: list[str] | None = None) -> int:
     rows, args.meta = read_rows(args.cache, args.tokens)
     heldout, _ = read_rows(args.heldout, args.heldout_tokens)
     data = Batches(rows, args.batch_size, args.seed)
+    rss_data = peak_rss_mb()
     trained = TRAINERS[args.library](args.variant, data, args, args.overrides)
+    rss_trained = peak_rss_mb()
     metrics = evaluate(trained, heldout)
     trained_tokens = data.steps * data.batch_size
     settings = trained.settings
@@ -633,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": trained.seconds,
         "tokens_per_s": trained_tokens / trained.seconds,
         "steps": data.steps,
+        "peak_rss_mb": rss_trained,
+        "training_rss_mb": rss_trained - rss_data,
         "tokens_trained": trained_tokens,
         "heldout_tokens": len(heldout),
         "seed": args.seed,

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 import saelab
-from saelab.kernels import use_kernels
+from saelab.kernels import KernelOptions
 from saelab.train.config import TrainConfig
 from saelab.train.trainer import SAETrainer
 
@@ -126,6 +126,7 @@ class SaelabAdapter(Adapter):
             **({"k": s.k} if s.arch == "topk" else {"bandwidth": s.bandwidth}),
         )
         self.sae.load_state_dict(init)
+        self.sae.kernels = KernelOptions(**self.options)
         config = TrainConfig(
             total_tokens=10**12,
             batch_size=s.batch,
@@ -144,8 +145,7 @@ class SaelabAdapter(Adapter):
         self.n = 0
 
     def step(self, x: Tensor) -> Tensor:
-        with use_kernels(**self.options):
-            self.trainer.step(x, self.n)
+        self.trainer.step(x, self.n)
         self.n += 1
         return self.trainer._pending[-1]["loss"]
 

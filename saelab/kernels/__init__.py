@@ -1,7 +1,8 @@
 """Sparse-aware training kernels used by the SAEs (DESIGN.md "kernels/"), dense fallback included.
 
-Select with `set_kernel_options(mode="auto" | "dense" | "sparse", matmul_dtype=..., compile=...)` or the
-`use_kernels(...)` context manager; the public SAE API is unchanged.
+Each SAE carries its own choice, `sae.kernels = KernelOptions(mode="auto" | "dense" | "sparse",
+matmul_dtype=..., compile=...)`, and its own Workspace (`sae.workspace`); the public SAE API is
+unchanged and nothing is process-global.
 """
 
 from saelab.kernels.codes import batch_topk_codes, jumprelu_window, sparse_aux_k_loss, topk_codes
@@ -13,17 +14,9 @@ from saelab.kernels.encoder import (
     dense_pre_acts_with_grad,
     sparse_pre_acts,
 )
-from saelab.kernels.options import (
-    KernelOptions,
-    kernel_options,
-    matmul_autocast,
-    maybe_compiled,
-    set_kernel_options,
-    use_kernels,
-    use_sparse,
-)
+from saelab.kernels.options import KernelOptions, matmul_autocast
 from saelab.kernels.pattern import SparseCodes, SparsePattern
-from saelab.kernels.workspace import scratch, take
+from saelab.kernels.workspace import Workspace
 
 __all__ = [
     "DenseEncoder",
@@ -32,20 +25,14 @@ __all__ = [
     "SparseDecoder",
     "SparseEncoder",
     "SparsePattern",
+    "Workspace",
     "batch_topk_codes",
     "dense_pre_acts",
     "dense_pre_acts_with_grad",
     "jumprelu_window",
-    "kernel_options",
     "matmul_autocast",
-    "maybe_compiled",
-    "scratch",
-    "set_kernel_options",
     "sparse_aux_k_loss",
     "sparse_decode",
     "sparse_pre_acts",
-    "take",
     "topk_codes",
-    "use_kernels",
-    "use_sparse",
 ]

@@ -109,13 +109,15 @@ def batch_topk_codes(
 def jumprelu_window(
     pre: Tensor, theta: Tensor, bandwidth: float, out: Tensor | None = None
 ) -> Tensor:
-    """A superset of the entries with a non-zero JumpReLU gradient, in one pass: π > θ − ε.
+    """A superset of the entries with a non-zero JumpReLU gradient, in one pass.
 
     Only active entries (π > θ) and those in the kernel window |π − θ| < ε/2 carry a value or
-    a gradient (SPEC §2.4); the margin of a full ε keeps rounding at the window's edge inside,
-    and the extra entries contribute exact zeros.
+    a gradient (SPEC §2.4), i.e. π > θ − ε/2. The cut sits below that edge by 5% of ε, and by
+    at least 1e-6·|θ| (≈ 8 float32 ulps of θ), so the rounding of π − θ in the kernel cannot
+    put a gradient-carrying entry outside; the extra entries contribute exact zeros.
     """
-    return torch.gt(pre, (theta - bandwidth).to(pre.dtype), out=out)
+    margin = torch.clamp(theta.abs() * 1e-6, min=0.05 * bandwidth)
+    return torch.gt(pre, (theta - 0.5 * bandwidth - margin).to(pre.dtype), out=out)
 
 
 def sparse_aux_k_loss(

@@ -5,25 +5,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from saelab.kernels.options import kernel_options, matmul_autocast
+from saelab.kernels.options import matmul_autocast
 from saelab.kernels.pattern import SparsePattern
-from saelab.kernels.workspace import scratch
 
 
 @torch.no_grad()
 def dense_pre_acts(
-    sae_in: Tensor, W_enc: Tensor, b_enc: Tensor, owner: object | None = None
+    sae_in: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    matmul_dtype: torch.dtype | None = None,
+    out: Tensor | None = None,
 ) -> Tensor:
     """π = sae_in · W_enc + b_enc without a graph (SPEC §2 "Common"), in the matmul dtype.
 
-    With an owner (the SAE), fp32 π is written into a scratch buffer reused across steps
-    (saelab.kernels.workspace): valid until the owner's next call.
+    In fp32, out (e.g. a Workspace buffer reused across steps) receives π when given.
     """
-    if kernel_options().matmul_dtype is None:
-        shape = (sae_in.shape[0], W_enc.shape[1])
-        out = None if owner is None else scratch(owner, "pre", shape, W_enc.dtype, W_enc.device)
+    if matmul_dtype is None:
         return torch.addmm(b_enc, sae_in, W_enc, out=out)
-    with matmul_autocast(sae_in.device):
+    with matmul_autocast(sae_in.device, matmul_dtype):
         return sae_in @ W_enc + b_enc
 
 
@@ -96,28 +96,49 @@ class DenseEncoder(torch.autograd.Function):
     """A precomputed dense π with the dense backward (the fallback when codes are not sparse).
 
     Backward: ∂sae_in = g·W_encᵀ, ∂W_enc = sae_inᵀ·g, ∂b_enc = Σ_tokens g (SPEC §2 "Common").
+    As in SparseEncoder, a given b_dec (sae_in = x − b_dec, x constant) gets ∂b_dec =
+    −W_enc·Σ_tokens g, a matrix-vector product instead of the (tokens × d_in) ∂sae_in matmul.
     """
 
     @staticmethod
-    def forward(ctx, sae_in: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor) -> Tensor:
+    def forward(
+        ctx,
+        sae_in: Tensor,
+        W_enc: Tensor,
+        b_enc: Tensor,
+        pre: Tensor,
+        b_dec: Tensor | None,
+        matmul_dtype: torch.dtype | None,
+    ) -> Tensor:
         ctx.save_for_backward(sae_in, W_enc)
+        ctx.matmul_dtype = matmul_dtype
         return pre.to(W_enc.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         sae_in, W_enc = ctx.saved_tensors
         grad = grad.to(W_enc.dtype)
-        with matmul_autocast(grad.device):
+        with matmul_autocast(grad.device, ctx.matmul_dtype):
             grad_in = grad @ W_enc.T if ctx.needs_input_grad[0] else None
             grad_w = sae_in.T @ grad if ctx.needs_input_grad[1] else None
-        grad_b = grad.sum(0) if ctx.needs_input_grad[2] else None
-        return _cast(grad_in, W_enc), _cast(grad_w, W_enc), grad_b, None
+        grad_sum = grad.sum(0) if ctx.needs_input_grad[2] or ctx.needs_input_grad[4] else None
+        grad_b = grad_sum if ctx.needs_input_grad[2] else None
+        grad_b_dec = -(W_enc @ grad_sum) if ctx.needs_input_grad[4] else None
+        return _cast(grad_in, W_enc), _cast(grad_w, W_enc), grad_b, None, grad_b_dec, None
 
 
 def _cast(t: Tensor | None, like: Tensor) -> Tensor | None:
     return None if t is None else t.to(like.dtype)
 
 
-def dense_pre_acts_with_grad(sae_in: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor) -> Tensor:
-    """A precomputed π (from dense_pre_acts) reattached to the graph with the dense backward."""
-    return DenseEncoder.apply(sae_in, W_enc, b_enc, pre)
+def dense_pre_acts_with_grad(
+    sae_in: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    pre: Tensor,
+    b_dec: Tensor | None = None,
+    matmul_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """A precomputed π (from dense_pre_acts) reattached to the graph with the dense backward
+    (its matmuls in matmul_dtype, like the forward's). Pass b_dec as for sparse_pre_acts."""
+    return DenseEncoder.apply(sae_in, W_enc, b_enc, pre, b_dec, matmul_dtype)

@@ -1,18 +1,22 @@
-"""Which training kernels the SAEs use: dense, sparse or chosen per step, and the matmul dtype."""
+"""How an SAE runs its training kernels: dense, sparse or chosen from the density, and the matmul
+dtype. Each SAE holds its own KernelOptions (`sae.kernels`); nothing here is process-global."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
 MODES = ("auto", "dense", "sparse")
-# "auto" goes sparse when at most this fraction of the (tokens × latents) entries is touched;
-# above it the dense matmuls are cheaper than the gathers/scatters on a 2-core CPU.
-DEFAULT_MAX_DENSITY = 0.03
+# "auto" goes sparse when at most this fraction of the (tokens × latents) entries is touched.
+# On a 2-core CPU at 4096 × 640 × 16,384 the sparse step is the faster up to ~20% (JumpReLU) and
+# ~15% (TopK): 2.1 s vs 4.0 s and 2.6 s vs 3.5 s at 10% (benchmarks/crossover.py). Not measured
+# on a GPU, where dense matmuls are relatively cheaper.
+DEFAULT_MAX_DENSITY = 0.1
+# "auto" re-reads the density every this many steps off the CPU: reading a device count back
+# waits for the queued work (a host sync), which a CPU, having no queue, never does.
+ACCELERATOR_DECIDE_EVERY = 16
 
 
 @dataclass(frozen=True)
@@ -22,12 +26,15 @@ class KernelOptions:
     compile: run the dense objectives that measurably gain from it (JumpReLU's; −46% step time
     on a 2-core CPU, benchmarks/RESULTS.md) through torch.compile. The first step pays the
     compilation (20–40 s on CPU); the sparse kernels are never compiled, which slows them.
+    decide_every: steps between two density read-backs in "auto" (None: every step on CPU,
+    ACCELERATOR_DECIDE_EVERY elsewhere); in between, the last decision holds.
     """
 
     mode: str = "auto"
     matmul_dtype: torch.dtype | None = None
     max_density: float = DEFAULT_MAX_DENSITY
     compile: bool = False
+    decide_every: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -40,55 +47,24 @@ class KernelOptions:
             raise ValueError(f"max_density must be in (0, 1], got {self.max_density}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be True or False, got {self.compile!r}")
+        if self.decide_every is not None and self.decide_every < 1:
+            raise ValueError(f"decide_every must be None or ≥ 1, got {self.decide_every}")
+
+    def sparse_at(self, density: float) -> bool:
+        """Whether to take the sparse path at this fraction of touched entries."""
+        return self.mode == "sparse" or (self.mode == "auto" and density <= self.max_density)
+
+    def steps_per_decision(self, device: torch.device) -> int:
+        """decide_every, or its device default."""
+        if self.decide_every is not None:
+            return self.decide_every
+        return 1 if device.type == "cpu" else ACCELERATOR_DECIDE_EVERY
 
 
-_current = KernelOptions()
-
-
-def kernel_options() -> KernelOptions:
-    """The options in force (module-wide, so the public SAE API keeps its signatures)."""
-    return _current
-
-
-def set_kernel_options(**changes: object) -> KernelOptions:
-    """Change the options in force (mode=, matmul_dtype=, max_density=, compile=); returns the old ones."""
-    global _current
-    old, _current = _current, replace(_current, **changes)
-    return old
-
-
-@contextlib.contextmanager
-def use_kernels(**changes: object) -> Iterator[KernelOptions]:
-    """Temporarily change the kernel options: `with use_kernels(mode="sparse"): ...`."""
-    old = set_kernel_options(**changes)
-    try:
-        yield _current
-    finally:
-        set_kernel_options(**vars(old))
-
-
-def use_sparse(density: float) -> bool:
-    """Whether to take the sparse path at this fraction of touched entries."""
-    mode = _current.mode
-    return mode == "sparse" or (mode == "auto" and density <= _current.max_density)
-
-
-def matmul_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast to the configured matmul dtype (fp32 master weights stay fp32), or nothing."""
-    dtype = _current.matmul_dtype
+def matmul_autocast(
+    device: torch.device, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager:
+    """Autocast to a matmul dtype (fp32 master weights stay fp32), or nothing for None."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-_compiled: dict[Callable, Callable] = {}
-
-
-def maybe_compiled(method: Callable) -> Callable:
-    """The bound method itself, or with compile on, torch.compile of its function (built once)."""
-    if not _current.compile:
-        return method
-    function = method.__func__
-    if function not in _compiled:
-        _compiled[function] = torch.compile(function)
-    return functools.partial(_compiled[function], method.__self__)

@@ -1,34 +1,76 @@
-"""Scratch tensors reused across training steps, so large per-step buffers are not reallocated.
+"""One SAE's training scratch: reused buffers, compiled objectives and the "auto" density gate.
 
 A fresh (tokens × latents) buffer every step costs the CPU a page fault and a zeroed page per
-4 KiB (≈0.1 s for the 268 MB π at batch 4096 × 16384 latents); reusing one costs nothing.
-Buffers are cached per owner (the SAE) and name, and freed with the owner.
+4 KiB (≈0.1 s for the 268 MB π at batch 4096 × 16384 latents); reusing one costs nothing. The
+workspace lives and dies with its SAE (`sae.workspace`); copying an SAE gives the copy an empty one.
 """
 
 from __future__ import annotations
 
-import weakref
+import functools
+from collections.abc import Callable
 
 import torch
+from torch import Tensor
 
-_buffers: weakref.WeakKeyDictionary[object, dict[str, torch.Tensor]] = weakref.WeakKeyDictionary()
-
-
-def scratch(
-    owner: object, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
-    """An uninitialised tensor reused across calls with the same owner, name, shape and dtype.
-
-    The caller must not let it escape into anything that outlives the step (use take() then).
-    """
-    slots = _buffers.setdefault(owner, {})
-    buf = slots.get(name)
-    if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != device:
-        slots[name] = buf = torch.empty(shape, dtype=dtype, device=device)
-    return buf
+from saelab.kernels.options import KernelOptions
 
 
-def take(owner: object, name: str) -> None:
-    """Hand the current buffer over to the caller (e.g. into an autograd graph): later calls
-    to scratch() allocate a new one instead of overwriting it."""
-    _buffers.get(owner, {}).pop(name, None)
+class Workspace:
+    """Per-SAE state of the training kernels; holds no parameters and is never saved."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+        self._compiled: dict[Callable, Callable] = {}
+        self._count: Tensor | None = None
+        self._entries = 0
+        self._steps = 0
+        self._sparse: bool | None = None
+
+    def buffer(
+        self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    ) -> Tensor:
+        """An uninitialised tensor, the same one on every call with this name, shape and dtype.
+
+        It is valid until the next call with that name; call release() before letting it escape
+        into anything that outlives the step (an autograd graph).
+        """
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != device:
+            self._buffers[name] = buf = torch.empty(shape, dtype=dtype, device=device)
+        return buf
+
+    def release(self, name: str) -> None:
+        """Hand the current buffer over to the caller: the next buffer() call allocates anew."""
+        self._buffers.pop(name, None)
+
+    def compiled(self, method: Callable) -> Callable:
+        """torch.compile of a bound method's function (built once per workspace), bound again."""
+        function = method.__func__
+        if function not in self._compiled:
+            self._compiled[function] = torch.compile(function)
+        return functools.partial(self._compiled[function], method.__self__)
+
+    def use_sparse(self, touched: Tensor, options: KernelOptions) -> bool:
+        """Sparse or dense for a step that touches the True entries of `touched`.
+
+        "auto" compares the density of touched entries, summed on the device since the last
+        decision, with options.max_density every options.steps_per_decision steps (the only
+        read-back to the host); in between the last decision holds.
+        """
+        if options.mode != "auto":
+            return options.mode == "sparse"
+        count = torch.count_nonzero(touched)
+        self._count = count if self._count is None else self._count + count
+        self._entries += touched.numel()
+        self._steps += 1
+        if self._sparse is None or self._steps >= options.steps_per_decision(touched.device):
+            self._sparse = options.sparse_at(float(self._count) / self._entries)
+            self._count, self._entries, self._steps = None, 0, 0
+        return self._sparse
+
+    def __deepcopy__(self, memo: dict) -> Workspace:
+        return Workspace()
+
+    def __getstate__(self) -> dict:
+        return Workspace().__dict__

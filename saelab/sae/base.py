@@ -11,7 +11,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from saelab.kernels import SparseCodes
+from saelab.kernels import KernelOptions, SparseCodes, Workspace, dense_pre_acts
 from saelab.sae.common import geometric_median
 from saelab.validation import check_known_fields, check_values
 
@@ -178,6 +178,9 @@ class SAE(nn.Module, abc.ABC):
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=dtype))
         self._init_encoder(dtype)
         self.needs_data_init = False
+        # How train_forward runs (saelab.kernels): set per SAE, e.g. KernelOptions(mode="dense").
+        self.kernels = KernelOptions()
+        self.workspace = Workspace()
 
     # ---- structure -----------------------------------------------------------------------
     def _init_encoder(self, dtype: torch.dtype) -> None:
@@ -272,6 +275,14 @@ class SAE(nn.Module, abc.ABC):
         with torch.no_grad():
             sae_in = self.sae_input(x)
         return sae_in, self.b_dec if self.cfg.apply_b_dec_to_input else None
+
+    def dense_pre_acts(self, sae_in: Tensor) -> Tensor:
+        """π of sae_in without a graph, in the kernels' matmul dtype; in fp32 written into this
+        SAE's workspace buffer "pre", which is reused (and overwritten) by the next step."""
+        shape = (sae_in.shape[0], self.W_enc.shape[1])
+        dtype = self.kernels.matmul_dtype
+        out = None if dtype else self.workspace.buffer("pre", shape, self.W_enc.dtype, self.device)
+        return dense_pre_acts(sae_in, self.W_enc, self.b_enc, dtype, out)
 
     def pre_acts(self, x: Tensor) -> Tensor:
         """π(x) = (x − b_dec) W_enc + b_enc, the bias added in place: one (B, n) buffer.

@@ -8,18 +8,12 @@ from torch import Tensor, nn
 from saelab.kernels import (
     SparseCodes,
     SparsePattern,
-    dense_pre_acts,
     dense_pre_acts_with_grad,
     jumprelu_window,
-    kernel_options,
     matmul_autocast,
-    maybe_compiled,
-    scratch,
     sparse_aux_k_loss,
     sparse_decode,
     sparse_pre_acts,
-    take,
-    use_sparse,
 )
 from saelab.kernels.codes import mean_across_ranks
 from saelab.sae.base import SAE, TrainOutput
@@ -210,9 +204,14 @@ class JumpReLUSAE(SAE):
         self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None = None
     ) -> TrainOutput:
         dead = dead_mask if dead_mask is not None and bool(dead_mask.any()) else None
-        if kernel_options().mode != "dense":
+        if self.kernels.mode != "dense":
             return self._kernel_train_forward(x, sparsity_coefficient, dead)
-        return maybe_compiled(self._dense_train_forward)(x, sparsity_coefficient, dead)
+        return self._dense_objective()(x, sparsity_coefficient, dead)
+
+    def _dense_objective(self):
+        """_dense_train_forward, through torch.compile when the kernel options ask for it."""
+        forward = self._dense_train_forward
+        return self.workspace.compiled(forward) if self.kernels.compile else forward
 
     def _terms(
         self,
@@ -239,7 +238,7 @@ class JumpReLUSAE(SAE):
     ) -> TrainOutput:
         """The objective with dense (tokens × latents) tensors: the reference for the kernels."""
         x2 = x.reshape(-1, x.shape[-1])
-        with matmul_autocast(x.device):
+        with matmul_autocast(x.device, self.kernels.matmul_dtype):
             pre = self.pre_acts(x2)
             f = JumpReLUFunction.apply(pre, self.threshold, self.bandwidth)
             x_hat = self.decode(f)
@@ -263,19 +262,18 @@ class JumpReLUSAE(SAE):
     ) -> TrainOutput:
         """The objective via saelab.kernels: π once without a graph, then sparse or dense.
 
-        Only entries with π > θ − ε (active or inside the kernel window) carry any gradient of
+        Only entries with π > θ − ε/2 (active or inside the kernel window) carry any gradient of
         the reconstruction and sparsity terms (SPEC §2.4), so the sparse path touches just
-        those; "auto" measures their density. Dead-latent terms read their own columns.
+        those; "auto" weighs their density (Workspace.use_sparse). Dead-latent terms read
+        their own columns.
         """
         theta, eps, tanh = self.threshold, self.bandwidth, self.cfg.sparsity_loss == "tanh"
         x2 = x.reshape(-1, x.shape[-1]).to(self.W_dec.dtype)
         sae_in, b_dec = self.sparse_sae_input(x2)
-        pre = dense_pre_acts(sae_in, self.W_enc, self.b_enc, owner=self)
-        window = jumprelu_window(
-            pre, theta, eps, scratch(self, "window", pre.shape, torch.bool, pre.device)
-        )
-        density = float(torch.count_nonzero(window)) / window.numel()
-        if kernel_options().mode == "sparse" or use_sparse(density):
+        pre = self.dense_pre_acts(sae_in)
+        buffer = self.workspace.buffer("window", pre.shape, torch.bool, pre.device)
+        window = jumprelu_window(pre, theta, eps, buffer)
+        if self.workspace.use_sparse(window, self.kernels):
             pattern = SparsePattern.from_mask(window)
             z = sparse_pre_acts(sae_in, self.W_enc, self.b_enc, pre, pattern, b_dec)
             theta_j = theta[pattern.cols]
@@ -290,13 +288,14 @@ class JumpReLUSAE(SAE):
                 counts = torch.zeros_like(theta).index_add(0, pattern.cols, step.to(theta.dtype))
                 return counts / x2.shape[0]
 
-        elif kernel_options().compile:
-            return maybe_compiled(self._dense_train_forward)(x, sparsity_coefficient, dead)
+        elif self.kernels.compile:
+            return self._dense_objective()(x, sparsity_coefficient, dead)
         else:
-            take(self, "pre")  # π now lives in the autograd graph, so it must not be reused
-            z = dense_pre_acts_with_grad(self.sae_input(x2), self.W_enc, self.b_enc, pre)
+            self.workspace.release("pre")  # π now lives in the autograd graph: not reused
+            dtype = self.kernels.matmul_dtype
+            z = dense_pre_acts_with_grad(sae_in, self.W_enc, self.b_enc, pre, b_dec, dtype)
             codes = values = JumpReLUFunction.apply(z, theta, eps)
-            with matmul_autocast(x.device):
+            with matmul_autocast(x.device, dtype):
                 x_hat = self.decode(codes)
             step = StepFunction.apply(z, theta, eps)
             l0 = step.sum(-1).mean()

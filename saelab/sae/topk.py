@@ -7,12 +7,10 @@ from torch import Tensor
 from saelab.kernels import (
     SparseCodes,
     SparsePattern,
-    dense_pre_acts,
     matmul_autocast,
     sparse_aux_k_loss,
     sparse_decode,
     topk_codes,
-    use_sparse,
 )
 from saelab.sae.base import SAE, TrainOutput
 from saelab.sae.common import aux_k_loss, squared_error, topk_mask
@@ -57,9 +55,9 @@ class TopKSAE(SAE):
     def train_forward(
         self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None = None
     ) -> TrainOutput:
-        if use_sparse(self.cfg.k / self.cfg.d_sae):
+        if self.kernels.sparse_at(self.cfg.k / self.cfg.d_sae):
             return self._sparse_train_forward(x, dead_mask)
-        with matmul_autocast(x.device):
+        with matmul_autocast(x.device, self.kernels.matmul_dtype):
             pre = self.pre_acts(x)
             f = self.train_activation(pre)
             x_hat = self.decode(f)
@@ -83,7 +81,7 @@ class TopKSAE(SAE):
         """Same objective as train_forward via saelab.kernels: only active latents are touched."""
         x2 = x.reshape(-1, x.shape[-1]).to(self.W_dec.dtype)
         sae_in, b_dec = self.sparse_sae_input(x2)
-        pre = dense_pre_acts(sae_in, self.W_enc, self.b_enc, owner=self)
+        pre = self.dense_pre_acts(sae_in)
         pattern, values = self.sparse_train_codes(sae_in, pre, b_dec)
         x_hat = sparse_decode(values, self.W_dec, self.b_dec, pattern)
         terms = {"mse_loss": squared_error(x2, x_hat)}

@@ -97,7 +97,7 @@ class SAETrainer:
         sae, cfg = self.sae, self.config
         lr, lam = self.lr(step), self.sparsity(step)
         dead_mask = self.tracker.dead_mask
-        out = sae.train_forward(x, lam, dead_mask)
+        out = sae.train_forward(x, lam, dead_mask if self.tracker.any_dead() else None)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         average_gradients(sae.parameters())

@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from saelab.kernels import (
+    KernelOptions,
     SparsePattern,
+    Workspace,
     dense_pre_acts,
     dense_pre_acts_with_grad,
     jumprelu_window,
     sparse_decode,
     sparse_pre_acts,
-    use_kernels,
-    use_sparse,
 )
 from saelab.kernels.encoder import _transposed
 from saelab.kernels.pattern import flat_nonzero
@@ -112,6 +112,18 @@ def test_decoder_without_bias_and_dense_encoder_fallback():
     )
 
 
+def test_dense_encoder_gives_b_dec_its_gradient_without_the_input_matmul():
+    """sae_in = x − b_dec with x constant: ∂b_dec = −W_enc·Σ_t g equals autograd through x − b_dec."""
+    x, W_enc, b_enc, _, b_dec = _weights(9)
+    sae_in = (x - b_dec).detach()
+    pre = dense_pre_acts(sae_in, W_enc.detach(), b_enc.detach())
+    z = dense_pre_acts_with_grad(sae_in, W_enc, b_enc, pre, b_dec)
+    fast = _grads(z.relu().pow(2).sum(), [W_enc, b_enc, b_dec])
+    dense = _grads(((x - b_dec) @ W_enc + b_enc).relu().pow(2).sum(), [W_enc, b_enc, b_dec])
+    for a, b in zip(fast, dense, strict=True):
+        assert rel(a, b) < 1e-5
+
+
 def test_batch_level_pattern_and_transpose_are_consistent():
     g = torch.Generator().manual_seed(6)
     flat = torch.randperm(B * N, generator=g)[: B * 3]
@@ -129,8 +141,7 @@ def test_batch_level_pattern_and_transpose_are_consistent():
 def test_bf16_matmul_within_tolerance():
     x, W_enc, b_enc, _, _ = _weights(7)
     ref = dense_pre_acts(x, W_enc.detach(), b_enc.detach())
-    with use_kernels(matmul_dtype=torch.bfloat16):
-        low = dense_pre_acts(x, W_enc.detach(), b_enc.detach())
+    low = dense_pre_acts(x, W_enc.detach(), b_enc.detach(), torch.bfloat16)
     assert 0 < rel(low, ref) < 1e-2
 
 
@@ -153,18 +164,63 @@ def test_jumprelu_window_covers_the_gradient_support_with_only_zero_extras():
     support = active | in_kernel
     assert torch.equal(window & support, support)
     extra = window & ~support
-    assert extra.any() and bool((pre[extra] < (theta.expand_as(pre))[extra] - eps / 2 + 1e-6).all())
+    below = (theta.expand_as(pre) - pre)[extra]
+    assert extra.any() and bool((below <= 0.55 * eps + 1e-6).all())
+    # Nothing far below the edge is kept: the window is as sparse as the kernel allows.
+    assert not (window & (pre < theta - 0.56 * eps)).any()
+
+
+def test_jumprelu_window_keeps_the_edge_when_theta_dwarfs_the_bandwidth():
+    theta = torch.full((N,), 1000.0)
+    eps = 1e-4
+    edge = theta - eps / 2
+    pre = torch.stack([torch.nextafter(edge, edge + 1), edge, torch.nextafter(edge, edge - 1)])
+    in_kernel = ((pre - theta) / eps).abs() < 0.5
+    window = jumprelu_window(pre, theta, eps)
+    assert torch.equal(window & in_kernel, in_kernel)
 
 
 def test_options_validate_and_choose():
-    with pytest.raises(ValueError, match="kernel mode"), use_kernels(mode="fast"):
-        pass
-    with use_kernels(mode="dense"):
-        assert not use_sparse(0.0)
-    with use_kernels(mode="sparse"):
-        assert use_sparse(1.0)
-    with use_kernels(mode="auto", max_density=0.05):
-        assert use_sparse(0.01) and not use_sparse(0.2)
+    with pytest.raises(ValueError, match="kernel mode"):
+        KernelOptions(mode="fast")
+    with pytest.raises(ValueError, match="decide_every"):
+        KernelOptions(decide_every=0)
+    assert not KernelOptions(mode="dense").sparse_at(0.0)
+    assert KernelOptions(mode="sparse").sparse_at(1.0)
+    auto = KernelOptions(mode="auto", max_density=0.05)
+    assert auto.sparse_at(0.01) and not auto.sparse_at(0.2)
+    assert auto.steps_per_decision(torch.device("cpu")) == 1
+    assert auto.steps_per_decision(torch.device("meta")) == 16
+
+
+def _mask(density: float) -> torch.Tensor:
+    return torch.arange(1000).reshape(10, 100) < density * 1000
+
+
+def test_auto_decides_every_n_steps_from_the_summed_density():
+    """Between read-backs the last decision holds; the next uses the mean density since then."""
+    workspace, options = Workspace(), KernelOptions(max_density=0.05, decide_every=3)
+    densities = [0.01, 0.2, 0.2, 0.01, 0.01, 0.01, 0.02]
+    chosen = [workspace.use_sparse(_mask(d), options) for d in densities]
+    # step 1 decides alone (0.01 → sparse); steps 2–4 average 0.137 → dense from step 4;
+    # steps 5–7 average 0.013 → sparse again at step 7.
+    assert chosen == [True, True, True, False, False, False, True]
+    # Every step on CPU by default, and never for a fixed mode.
+    assert [Workspace().use_sparse(_mask(d), KernelOptions()) for d in (0.01, 0.2)] == [True, False]
+    assert Workspace().use_sparse(_mask(0.0), KernelOptions(mode="dense")) is False
+
+
+def test_workspace_buffers_are_reused_until_released_and_never_copied():
+    import copy
+
+    ws = Workspace()
+    a = ws.buffer("pre", (4, 8), torch.float32, torch.device("cpu"))
+    assert ws.buffer("pre", (4, 8), torch.float32, torch.device("cpu")) is a
+    assert ws.buffer("pre", (4, 9), torch.float32, torch.device("cpu")) is not a
+    b = ws.buffer("pre", (4, 9), torch.float32, torch.device("cpu"))
+    ws.release("pre")
+    assert ws.buffer("pre", (4, 9), torch.float32, torch.device("cpu")) is not b
+    assert copy.deepcopy(ws)._buffers == {}
 
 
 @pytest.mark.parametrize("density", [0.0, 0.003, 0.1, 0.6, 1.0])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import saelab
-from saelab.kernels import SparseCodes, use_kernels
+from saelab.kernels import KernelOptions, SparseCodes
 
 D, N, B = 16, 256, 64
 
@@ -26,8 +26,8 @@ def _sae(arch: str, seed: int, **options):
 
 def _loss_and_grads(sae, x, lam, dead, mode, matmul_dtype=None):
     sae.zero_grad(set_to_none=True)
-    with use_kernels(mode=mode, matmul_dtype=matmul_dtype):
-        out = sae.train_forward(x, lam, dead)
+    sae.kernels = KernelOptions(mode=mode, matmul_dtype=matmul_dtype)
+    out = sae.train_forward(x, lam, dead)
     out.loss.backward()
     grads = {n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None}
     return out, grads
@@ -70,8 +70,8 @@ def test_topk_aux_loss_sparse_equals_dense():
 def test_topk_leading_dims_kept():
     sae = _sae("topk", 2, k=4)
     x = torch.randn(4, 16, D)
-    with use_kernels(mode="sparse"):
-        out = sae.train_forward(x, 0.0)
+    sae.kernels = KernelOptions(mode="sparse")
+    out = sae.train_forward(x, 0.0)
     assert out.x_hat.shape == x.shape and out.feature_acts.shape == (4, 16, N)
 
 
@@ -133,16 +133,16 @@ def _final_loss(arch: str, mode: str, lam: float, **options) -> float:
     sae = _sae(arch, 7, **options)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
     losses = []
-    with use_kernels(mode=mode):
-        for _ in range(2000):
-            x = data[torch.randint(0, data.shape[0], (B,), generator=g)]
-            out = sae.train_forward(x, lam)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            sae.remove_parallel_gradient()
-            opt.step()
-            sae.after_step()
-            losses.append(out.loss.detach())
+    sae.kernels = KernelOptions(mode=mode)
+    for _ in range(2000):
+        x = data[torch.randint(0, data.shape[0], (B,), generator=g)]
+        out = sae.train_forward(x, lam)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        sae.remove_parallel_gradient()
+        opt.step()
+        sae.after_step()
+        losses.append(out.loss.detach())
     return float(torch.stack(losses[-100:]).mean())
 
 
@@ -170,8 +170,8 @@ def test_compiled_dense_jumprelu_equals_eager():
         ref, g_ref = _loss_and_grads(sae, x, lam, None, "dense")
         for mode in ("dense", "auto"):
             sae.zero_grad(set_to_none=True)
-            with use_kernels(mode=mode, compile=True):
-                out = sae.train_forward(x, lam)
+            sae.kernels = KernelOptions(mode=mode, compile=True)
+            out = sae.train_forward(x, lam)
             out.loss.backward()
             assert not isinstance(out.codes, SparseCodes)
             assert rel(out.loss, ref.loss) < 1e-5 and rel(out.x_hat, ref.x_hat) < 1e-5
@@ -181,5 +181,30 @@ def test_compiled_dense_jumprelu_equals_eager():
 
 
 def test_compile_option_is_checked():
-    with pytest.raises(ValueError, match="compile"), use_kernels(compile="yes"):
-        pass
+    with pytest.raises(ValueError, match="compile"):
+        KernelOptions(compile="yes")
+
+
+def test_two_saes_with_different_kernel_options_train_side_by_side():
+    """One process, one lockstep run: a sparse-kernel and a dense-kernel JumpReLU SAE from the
+    same init each take their own path every step and end at the same weights."""
+    data = torch.randn(2048, D)
+    saes = []
+    for mode in ("sparse", "dense"):
+        sae = saelab.create_sae("jumprelu", D, N, seed=3, target_l0=8)
+        sae.kernels = KernelOptions(mode=mode)
+        paths = []
+
+        def recorded(x, lam, dead=None, forward=sae.train_forward, paths=paths):
+            out = forward(x, lam, dead)
+            paths.append(isinstance(out.codes, SparseCodes))
+            return out
+
+        sae.train_forward = recorded
+        saes.append((sae, paths))
+    config = saelab.TrainConfig(total_tokens=2048, batch_size=128, seed=0)
+    saelab.train([sae for sae, _ in saes], data, config)
+    (sparse, sparse_paths), (dense, dense_paths) = saes
+    assert len(sparse_paths) == 16 and all(sparse_paths) and not any(dense_paths)
+    for name, p in dense.named_parameters():
+        assert rel(sparse.get_parameter(name), p) < 1e-4, name

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import saelab
-from saelab.kernels import use_kernels
+from saelab.kernels import KernelOptions
 
 
 def _rect(u):
@@ -106,8 +106,8 @@ def test_tanh_variant_and_dead_latent_terms(mode):
     sae, x = _random_jumprelu(6, 10, 0.5, 4, sparsity_loss="tanh", pre_act_coefficient=0.1, aux_k=2)
     dead = torch.zeros(10, dtype=torch.bool)
     dead[:3] = True
-    with use_kernels(mode=mode):
-        loss, terms = sae.training_loss(x, 0.5, dead)
+    sae.kernels = KernelOptions(mode=mode)
+    loss, terms = sae.training_loss(x, 0.5, dead)
     pre = sae.pre_acts(x).detach()
     norms = sae.W_dec.detach().norm(dim=1)
     f = pre * (pre > sae.threshold.detach())
@@ -132,8 +132,8 @@ def test_tanh_variant_and_dead_latent_terms(mode):
 def test_frequency_cap_raises_only_the_thresholds_of_too_frequent_latents(mode):
     """Σ_i ReLU(p_i − cap) with p_i = mean_t H(π_ti − θ_i): ð/ðθ_i = −(1/ε)ΣK/B above the cap."""
     sae, x = _random_jumprelu(6, 10, 0.5, 5, max_frequency=0.3)
-    with use_kernels(mode=mode):
-        _, terms = sae.training_loss(x, 0.0)
+    sae.kernels = KernelOptions(mode=mode)
+    _, terms = sae.training_loss(x, 0.0)
     pre = sae.pre_acts(x).detach()
     theta = sae.threshold.detach()
     p = (pre > theta).double().mean(0)

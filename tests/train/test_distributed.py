@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import saelab
 from saelab.cli import app
-from saelab.kernels import use_kernels
+from saelab.kernels import KernelOptions
 from saelab.kernels.codes import batch_topk_select
 from saelab.train.distributed import average_gradients
 
@@ -60,8 +60,8 @@ TIES = torch.tensor(
 def _step(sae: saelab.SAE, x: torch.Tensor, dead: torch.Tensor, mode: str) -> dict:
     """One training forward and backward with gradients averaged over ranks."""
     sae.zero_grad(set_to_none=True)
-    with use_kernels(mode=mode):
-        out = sae.train_forward(x, 0.0, dead)
+    sae.kernels = KernelOptions(mode=mode)
+    out = sae.train_forward(x, 0.0, dead)
     out.loss.backward()
     average_gradients(sae.parameters())
     return {

@@ -147,6 +147,23 @@ def test_dead_latent_tracking_by_token_window():
     assert tracker.dead_mask.tolist() == [False, True, False, True]
 
 
+def test_any_dead_is_read_every_n_updates_and_held_across_a_resume():
+    """Off the CPU the flag is read back every check_every steps; a resumed tracker holds the
+    same flag as the uninterrupted one, so the dead-latent losses switch on at the same step."""
+    tracker = DeadLatentTracker(2, window=150, check_every=3)
+    flags = []
+    for _ in range(6):
+        flags.append(tracker.any_dead())
+        tracker.update(torch.tensor([True, False]), 100)
+        if tracker.updates == 4:
+            resumed = DeadLatentTracker(2, window=150, check_every=3)
+            resumed.load_state_dict(tracker.state_dict())
+    # dead from update 2 on; read at updates 0 and 3 (held in between), then at 6.
+    assert flags == [False, False, False, True, True, True]
+    assert resumed.any_dead() is True and resumed.updates == 4
+    assert DeadLatentTracker(2, window=1).check_every == 1  # CPU: every step
+
+
 def test_resampling_points_dead_latents_at_high_loss_inputs():
     sae = saelab.create_sae("relu", 8, 16, seed=0, unit_norm_decoder=True)
     x = torch.randn(64, 8)
