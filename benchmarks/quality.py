@@ -144,7 +144,8 @@ def train_peers(args, rows: Path) -> None:
 def evaluate_lm(args, rows: Path, deltas: Path) -> None:
     """Phase 3: Δ LM loss of every saved SAE on the same held-out tokens."""
     from saelab.data.corpora import load_corpus
-    from saelab.evals.multi import EvalSettings, EvalTarget, evaluate_targets
+    from saelab.evals.multi import EvalTarget, evaluate_targets
+    from saelab.evals.settings import EvalSettings
     from saelab.lm.loading import load_model
 
     have = json.loads(deltas.read_text()) if deltas.exists() else {}

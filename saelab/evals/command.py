@@ -18,9 +18,11 @@ from saelab.evals.density import (
 from saelab.evals.metrics import MetricsAccumulator
 from saelab.evals.reference import find_reference, save_reference
 from saelab.evals.report import build_report, write_report
+from saelab.evals.settings import EvalSettings
 from saelab.evals.spliced import SplicedEvaluator
 from saelab.evals.tokens import heldout_batches
 from saelab.formats.load import load_sae
+from saelab.lm.dtypes import dtype_name
 from saelab.lm.hooks import resolve_hook
 from saelab.lm.loading import load_model
 from saelab.sae import SAE
@@ -82,18 +84,8 @@ def run_eval_command(
     resolve_hook(lm.model, hook_name)
     sae.to(lm.device)
     context_size = context_size or sae.cfg.context_size or DEFAULT_CONTEXT_SIZE
-    eval_config = {
-        "model": model_name,
-        "hook": hook_name,
-        "corpus": source.spec,
-        "split": "heldout",
-        "tokens": tokens,
-        "context_size": context_size,
-        "batch_size": batch_size,
-        "seed": seed,
-        "device": str(lm.device),
-        "dtype": str(lm.dtype).removeprefix("torch."),
-    }
+    settings = EvalSettings(source, tokens, context_size, batch_size, seed)
+    eval_config = settings.eval_config(model_name, hook_name, str(lm.device), dtype_name(lm.dtype))
     batches = heldout_batches(
         source, lm.tokenizer, tokens, context_size=context_size, batch_size=batch_size, seed=seed
     )

@@ -8,19 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from saelab.data.corpora import Corpus
 from saelab.data.progress import token_progress
 from saelab.evals.command import save_eval
 from saelab.evals.reference import find_reference, save_reference
+from saelab.evals.settings import EvalSettings
 from saelab.evals.spliced import MultiSplicedEvaluator
 from saelab.evals.tokens import heldout_batches
 from saelab.lm.dtypes import dtype_name
 from saelab.lm.model import LanguageModel
 from saelab.sae import SAE
-
-# eval.json eval_config keys that decide whether an existing evaluation can be reused
-# (the device is left out: the same settings on another device give the same metrics).
-SETTING_KEYS = ("model", "hook", "corpus", "split", "tokens", "context_size", "batch_size", "seed")
 
 
 @dataclass
@@ -32,37 +28,6 @@ class EvalTarget:
     hook: str
     sae_path: Path
     out: Path
-
-
-@dataclass
-class EvalSettings:
-    """The held-out tokens every SAE of one evaluation sees."""
-
-    corpus: Corpus
-    tokens: int
-    context_size: int
-    batch_size: int
-    seed: int = 0
-
-    def eval_config(self, model: str, hook: str, device: str, dtype: str) -> dict[str, Any]:
-        """The eval.json eval_config (docs/eval-schema.md) of one SAE at `hook`."""
-        return {
-            "model": model,
-            "hook": hook,
-            "corpus": self.corpus.spec,
-            "split": "heldout",
-            "tokens": self.tokens,
-            "context_size": self.context_size,
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-            "device": device,
-            "dtype": dtype,
-        }
-
-
-def same_settings(found: dict[str, Any], wanted: dict[str, Any]) -> bool:
-    """Whether an eval.json eval_config was made with the wanted settings (device aside)."""
-    return all(found.get(key) == wanted.get(key) for key in (*SETTING_KEYS, "dtype"))
 
 
 def evaluate_targets(

@@ -30,6 +30,9 @@ from saelab.lm.model import LanguageModel
 
 REFERENCE_DIR = "eval-reference"
 FORMAT_VERSION = 1
+# References kept in reference_dir(), least recently used pruned first: about 24 settings of
+# gemma-3-270m at 8,192 eval tokens (≈42 MB each).
+KEEP_BYTES = 1 << 30
 
 
 @dataclass
@@ -90,7 +93,21 @@ def save_reference(path: Path, batches: list[ReferenceBatch]) -> Path:
         sums.append([batch.ce_clean, batch.ce_zero, batch.kl_offset])
     save_safetensors(tensors, path, {"sums": json.dumps(sums), "batches": str(len(batches))})
     fsync_path(path.parent)
+    prune_references(path.parent, KEEP_BYTES)
     return path
+
+
+def prune_references(directory: Path, keep_bytes: int) -> list[Path]:
+    """Delete the least recently used references beyond keep_bytes in all (the newest is always
+    kept); returns the deleted paths. A reference is used when written or reused."""
+    files = sorted(directory.glob("*.safetensors"), key=lambda f: f.stat().st_mtime, reverse=True)
+    total, deleted = 0, []
+    for i, f in enumerate(files):
+        total += f.stat().st_size
+        if i > 0 and total > keep_bytes:
+            f.unlink(missing_ok=True)
+            deleted.append(f)
+    return deleted
 
 
 def load_reference(path: Path, device: torch.device) -> list[ReferenceBatch] | None:
@@ -142,4 +159,7 @@ def find_reference(
     if not (reuse and supports_reference(lm.model)):
         return None, None
     path = reference_path(lm, hook, settings)
-    return path, matching_reference(path, batches, lm.device)
+    reference = matching_reference(path, batches, lm.device)
+    if reference is not None:
+        path.touch()  # most recently used: pruned last
+    return path, reference

@@ -180,7 +180,8 @@ class MultiSplicedEvaluator:
                 targets[chunk],
             )  # fmt: skip
             offsets += offset
-            duals.append(dual)
+            if dual is not None:
+                duals.append(dual)
         if self.reference_batches is not None:
             self.reference_batches.append(
                 ReferenceBatch(

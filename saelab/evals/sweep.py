@@ -19,8 +19,9 @@ import yaml
 from saelab.data.cache_format import read_manifest
 from saelab.data.corpora import Corpus, load_corpus
 from saelab.evals.command import EVAL_FILE
-from saelab.evals.multi import EvalSettings, EvalTarget, evaluate_targets, same_settings
+from saelab.evals.multi import EvalTarget, evaluate_targets
 from saelab.evals.pareto import save_pareto_plots
+from saelab.evals.settings import EvalSettings, same_settings
 from saelab.evals.sweep_table import sweep_row, write_csv, write_markdown
 from saelab.formats.saelens import CFG_FILE, WEIGHTS_FILE
 from saelab.lm.dtypes import dtype_name, parse_dtype

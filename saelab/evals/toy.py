@@ -64,6 +64,51 @@ class SyntheticDictionary:
         return x + self.offset if self.mean_fraction else x
 
 
+@dataclass
+class HierarchicalDictionary:
+    """Parents that never fire alone: each token activates parent p with probability
+    `parent_rate`, and then exactly one of its `children` (chosen uniformly) with it.
+
+    x = Σ_active p (a_p·d_p + b_c·d_c), coefficients Uniform(0.5, 1.5), all directions random
+    unit vectors in d dims. A parent always co-occurs with a child, so an SAE can fold d_p into
+    every child latent and drop the parent latent (feature absorption, Chanin et al. 2024).
+    """
+
+    d: int = 64
+    parents: int = 8
+    children: int = 8
+    parent_rate: float = 0.15
+    # True: a child's coefficient equals its parent's (the pair is one direction to an SAE).
+    tied: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        g = torch.Generator().manual_seed(self.seed)
+        parents = torch.randn(self.parents, self.d, generator=g)
+        self.parent_features = parents / parents.norm(dim=1, keepdim=True)
+        # A parent's children vary around it: orthogonal to it and centred on one another, so
+        # the best single direction for "parent and any one child" is the parent itself.
+        kids = torch.randn(self.parents, self.children, self.d, generator=g)
+        p = self.parent_features[:, None, :]
+        kids = kids - (kids * p).sum(-1, keepdim=True) * p
+        kids = kids - kids.mean(1, keepdim=True)
+        # child c of parent p is row p·children + c
+        self.child_features = (kids / kids.norm(dim=-1, keepdim=True)).reshape(-1, self.d)
+        self._generator = g
+
+    def sample(self, n: int) -> Tensor:
+        """n activation vectors (n, d)."""
+        g = self._generator
+        on = torch.rand(n, self.parents, generator=g) < self.parent_rate
+        child = torch.randint(0, self.children, (n, self.parents), generator=g)
+        a = on * (0.5 + torch.rand(n, self.parents, generator=g))
+        b = a if self.tied else on * (0.5 + torch.rand(n, self.parents, generator=g))
+        child_rows = torch.arange(self.parents) * self.children + child  # (n, parents)
+        return a @ self.parent_features + torch.einsum(
+            "np,npd->nd", b, self.child_features[child_rows]
+        )
+
+
 def mmcs(true_features: Tensor, decoder: Tensor) -> float:
     """Mean over true features of the max cosine similarity with any learned decoder row."""
     t = true_features / true_features.norm(dim=1, keepdim=True)

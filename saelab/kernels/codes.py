@@ -136,9 +136,11 @@ def sparse_aux_k_loss(
     e is stopgrad(x − x̂); ê = z_aux W_dec; L_aux = ‖e − ê‖² / ‖e − mean(e)‖², the denominator
     over the global batch (aux_k_denominator).
     """
-    k = min(k_aux, int(dead_mask.sum()))
-    dead_pre = pre.masked_fill(~dead_mask, float("-inf"))
-    pattern = SparsePattern.from_topk(dead_pre.topk(k, dim=-1, sorted=False).indices, pre.shape[1])
+    dead = dead_mask.nonzero().squeeze(1)
+    k = min(k_aux, dead.numel())
+    # Select among the dead columns only: a (B, n_dead) copy instead of a masked (B, n) one.
+    top = pre.index_select(1, dead).topk(k, dim=-1, sorted=False).indices
+    pattern = SparsePattern.from_topk(dead[top], pre.shape[1])
     z_aux = sparse_pre_acts(sae_in, W_enc, b_enc, pre, pattern, b_dec).relu()
     e_hat = sparse_decode(z_aux, W_dec, None, pattern)
     return (e - e_hat).pow(2).sum() / aux_k_denominator(e)

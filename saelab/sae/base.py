@@ -57,6 +57,9 @@ class SAEConfig:
     # its θ raised (dense latents crowd exploration tools). 1 = off: at 0.5 it cost 30% FVU on
     # gemma at 500k tokens (docs/jumprelu-training.md).
     max_frequency: float = 1.0
+    # matryoshka (SPEC §2.5): latents per group, in order; prefix g = the first g groups.
+    # None = matryoshka.default_group_sizes (prefixes n/16, n/8, n/4, n/2, n).
+    group_sizes: list[int] | None = None
     # gated (SPEC §2.3)
     # "unit-norm" (the Gated paper): "ri-l1"'s decoder norms collapse and L0 rises with λ
     # (saelab/sae/gated.py has the measurements).
@@ -113,6 +116,15 @@ class SAEConfig:
                 "'ri-l1' or 'unit-norm'",
             ),
             "normalization_constant": (self.normalization_constant > 0, "a positive float"),
+            "group_sizes": (
+                self.group_sizes is None
+                or (
+                    len(self.group_sizes) >= 1
+                    and all(isinstance(g, int) and g >= 1 for g in self.group_sizes)
+                    and sum(self.group_sizes) == self.d_sae
+                ),
+                f"a list of integers ≥ 1 summing to d_sae={self.d_sae}",
+            ),
         }
         check_values(self, checks, "SAE option")
 

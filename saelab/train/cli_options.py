@@ -42,7 +42,7 @@ Cache = Annotated[
 Arch = Annotated[
     str | None,
     typer.Option(
-        help="Architecture(s), comma-separated: jumprelu, topk, batchtopk, gated, relu "
+        help="Architecture(s), comma-separated: jumprelu, topk, batchtopk, matryoshka, gated, relu "
         "(default: jumprelu)."
     ),
 ]
@@ -76,7 +76,14 @@ Sparsity = Annotated[
 ]
 K = Annotated[
     str | None,
-    typer.Option(help="k value(s) for topk/batchtopk, comma-separated (default: 64)."),
+    typer.Option(help="k value(s) for topk/batchtopk/matryoshka, comma-separated (default: 64)."),
+]
+GroupSizes = Annotated[
+    str | None,
+    typer.Option(
+        help="Matryoshka latents per group, comma-separated, summing to --width; prefix g is "
+        "the first g groups, SPEC §2.5 (default: prefixes of width/16, /8, /4, /2 and width)."
+    ),
 ]
 TargetL0 = Annotated[
     str | None,
@@ -154,7 +161,8 @@ JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JS
 TRAIN_FLAGS: dict[str, Any] = {
     "model": Model, "hook": Hook, "corpus": Corpus, "cache": Cache, "arch": Arch, "width": Width,
     "tokens": Tokens, "batch_size": BatchSize, "lr": Lr, "sparsity": Sparsity, "k": K,
-    "target_l0": TargetL0, "sparsity_loss": SparsityLoss, "recipe": Recipe,
+    "target_l0": TargetL0, "sparsity_loss": SparsityLoss, "group_sizes": GroupSizes,
+    "recipe": Recipe,
     "bandwidth": Bandwidth, "seed": Seed, "device": Device, "model_dtype": ModelDtype,
     "context_size": ContextSize, "checkpoint_every": CheckpointEvery, "logger": Logger,
     "max_memory_gb": MaxMemoryGb, "out": Out, "config": Config,
@@ -214,12 +222,15 @@ def run_config_from_flags(*, resume: Path | None, config: Path | None, **flags: 
         return cfg
     f = flags
     jumprelu = {name: f[name] for name in ("bandwidth", "sparsity_loss") if f[name] is not None}
-    arch_options = {"jumprelu": jumprelu} if jumprelu else None
+    arch_options = {"jumprelu": jumprelu} if jumprelu else {}
+    if f["group_sizes"] is not None:
+        arch_options["matryoshka"] = {"group_sizes": _ints(f["group_sizes"])}
     return resolve_run_config(config, {
         "model": f["model"], "hooks": f["hook"] or None, "corpus": f["corpus"],
         "cache": f["cache"], "archs": f["arch"].split(",") if f["arch"] else None,
         "width": f["width"], "tokens": f["tokens"], "batch_size": f["batch_size"], "lr": f["lr"],
-        "sparsity": _sparsity(f["sparsity"]), "k": _ints(f["k"]), "arch_options": arch_options,
+        "sparsity": _sparsity(f["sparsity"]), "k": _ints(f["k"]),
+        "arch_options": arch_options or None,
         "target_l0": _floats(f["target_l0"]), "recipe": f["recipe"],
         "seed": f["seed"], "device": f["device"], "model_dtype": f["model_dtype"],
         "context_size": f["context_size"], "checkpoint_every": f["checkpoint_every"],

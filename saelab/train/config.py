@@ -34,6 +34,8 @@ PAPER_RECIPES: dict[str, Recipe] = {
     # SPEC §2.2 (OpenAI 2024): no sparsity penalty.
     "topk": Recipe(2e-4, (0.9, 0.999), 0.0, 0, 0.2, None, 0.0),
     "batchtopk": Recipe(2e-4, (0.9, 0.999), 0.0, 0, 0.2, None, 0.0),
+    # SPEC §2.5 (Bussmann et al. 2025): trained as BatchTopK.
+    "matryoshka": Recipe(2e-4, (0.9, 0.999), 0.0, 0, 0.2, None, 0.0),
     # SPEC §2.3: trained like the RI-L1 ReLU baseline.
     "gated": Recipe(5e-5, (0.9, 0.999), 1.0, 0, 0.2, None, 0.05),
 }
@@ -53,6 +55,7 @@ PAPER_SAE_OPTIONS: dict[str, dict[str, Any]] = {
     # OpenAI's TopK already starts b_dec at the geometric median (SPEC §2.2).
     "topk": {"encoder_init": "transpose"},
     "batchtopk": {"encoder_init": "transpose"},
+    "matryoshka": {"encoder_init": "transpose"},
 }
 # Budget recipe (docs/jumprelu-training.md, "budget defaults"): Adam LR measured best for width
 # 4,096 at batch 512 on gemma-3-270m, scaled by √(batch/512) and by 1/√width (Gao et al. 2024).
@@ -77,6 +80,7 @@ BUDGET_SPARSITY = {
     "gated": 0.05,
     "topk": 0.0,
     "batchtopk": 0.0,
+    "matryoshka": 0.0,
 }
 # JumpReLU λ per sparsity loss: quadratic is a unit-free penalty on L0/target (SPEC §2.4).
 JUMPRELU_SPARSITY = {"quadratic": 1.0, "l0": 1e-3, "tanh": 1e-3}

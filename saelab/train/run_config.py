@@ -16,7 +16,7 @@ from saelab.sae import architectures, sae_class
 from saelab.train.config import PAPER_SAE_OPTIONS, TrainConfig
 from saelab.validation import check_known_fields
 
-TOPK_ARCHS = ("topk", "batchtopk")
+TOPK_ARCHS = ("topk", "batchtopk", "matryoshka")
 # TrainConfig fields a run config may set directly (the rest are derived from the run).
 TRAIN_FIELDS = tuple(
     f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("total_tokens", "progress")

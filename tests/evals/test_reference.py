@@ -146,3 +146,24 @@ def test_a_corrupt_reference_is_recomputed_and_no_reuse_writes_none(sae_dir):
     saved.unlink()
     _eval(sae_dir, "--no-reuse-reference")
     assert list(references.reference_dir().glob("*.safetensors")) == []
+
+
+def test_references_beyond_the_size_budget_are_pruned_least_recently_used_first(tmp_path):
+    import os
+
+    for i, name in enumerate(("old", "mid", "new")):
+        f = tmp_path / f"{name}.safetensors"
+        f.write_bytes(b"x" * 100)
+        os.utime(f, (1000 + i, 1000 + i))
+    (tmp_path / "notes.txt").write_text("not a reference")
+    os.utime(tmp_path / "old.safetensors", (2000, 2000))  # reused last: most recently used
+    deleted = references.prune_references(tmp_path, keep_bytes=250)
+    assert [f.name for f in deleted] == ["mid.safetensors"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == [
+        "new.safetensors",
+        "notes.txt",
+        "old.safetensors",
+    ]
+    # The most recently used file stays even when it alone is over the budget.
+    assert references.prune_references(tmp_path, keep_bytes=10) == [tmp_path / "new.safetensors"]
+    assert (tmp_path / "old.safetensors").exists()

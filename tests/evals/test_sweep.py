@@ -16,8 +16,9 @@ import saelab
 from saelab.cli import app
 from saelab.data.corpora import load_corpus
 from saelab.evals import SplicedEvaluator
-from saelab.evals.multi import EvalSettings, EvalTarget, evaluate_targets
+from saelab.evals.multi import EvalTarget, evaluate_targets
 from saelab.evals.pareto import draw_pareto
+from saelab.evals.settings import EvalSettings
 from saelab.evals.spliced import MultiSplicedEvaluator
 from saelab.evals.sweep_table import CSV_COLUMNS, read_csv
 from saelab.formats.errors import SAEFileError

@@ -10,7 +10,9 @@ from safetensors.torch import load_file
 import saelab
 from saelab.formats import SAEFileError, save_gemma_scope, save_sae_dir
 
-ARCHS = ["relu", "topk", "batchtopk", "gated", "jumprelu"]
+ARCHS = ["relu", "topk", "batchtopk", "gated", "jumprelu", "matryoshka"]
+# Trained with BatchTopK codes and saved as JumpReLU with their global threshold (SPEC §2.2, §2.5).
+GLOBAL_THRESHOLD = ("batchtopk", "matryoshka")
 
 
 def _trained_like(arch: str, seed: int = 0) -> saelab.SAE:
@@ -25,7 +27,7 @@ def _trained_like(arch: str, seed: int = 0) -> saelab.SAE:
                 p.add_(0.1 * torch.randn(p.shape, generator=g))
         if arch == "jumprelu":
             sae.threshold.copy_(0.05 + 0.1 * torch.rand(48, generator=g))
-    if arch == "batchtopk":
+    if arch in GLOBAL_THRESHOLD:
         sae.train_forward(torch.randn(64, 16, generator=g), 0.0)
     return sae
 
@@ -39,7 +41,7 @@ def test_save_load_round_trip_is_bit_exact(arch, tmp_path):
     assert torch.equal(loaded.encode(x), sae.encode(x))
     assert torch.equal(loaded(x), sae(x))
     assert loaded.cfg.hook_name == "blocks.0.hook_resid_post"
-    if arch != "batchtopk":
+    if arch not in GLOBAL_THRESHOLD:
         for (name, p), q in zip(
             sae.state_dict().items(), loaded.state_dict().values(), strict=True
         ):
@@ -52,7 +54,9 @@ def test_saelens_loads_our_files_and_agrees(arch, tmp_path):
     sae = _trained_like(arch)
     sae.save(tmp_path / "sae")
     theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "sae"))
-    expected_arch = {"relu": "standard", "batchtopk": "jumprelu"}.get(arch, arch)
+    expected_arch = {"relu": "standard", "batchtopk": "jumprelu", "matryoshka": "jumprelu"}.get(
+        arch, arch
+    )
     assert theirs.cfg.architecture() == expected_arch
     x = torch.randn(300, 16)
     with torch.no_grad():

@@ -15,9 +15,9 @@ import saelab
 from saelab.evals.toy import SyntheticDictionary
 from saelab.sae.batchtopk import NOT_ESTIMATED
 
-ARCHS = ["relu", "topk", "batchtopk", "gated", "jumprelu"]
+ARCHS = ["relu", "topk", "batchtopk", "gated", "jumprelu", "matryoshka"]
 D_IN, D_SAE = 16, 48
-OPTIONS = {"topk": {"k": 4}, "batchtopk": {"k": 4}}
+OPTIONS = {"topk": {"k": 4}, "batchtopk": {"k": 4}, "matryoshka": {"k": 4}}
 # 300 steps of 64 tokens on toy data scaled and shifted away from E‖x‖² = 1, so C ≠ 1.
 TRAIN = {"total_tokens": 300 * 64, "batch_size": 64, "lr": 1e-3, "seed": 0}
 # fp32 unit roundoff 2^-24: one rounding changes a value by at most this fraction.

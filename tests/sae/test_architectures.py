@@ -6,10 +6,10 @@ import torch
 import saelab
 from saelab.sae import architectures
 
-ARCHS = ["relu", "topk", "batchtopk", "gated", "jumprelu"]
+ARCHS = ["relu", "topk", "batchtopk", "gated", "jumprelu", "matryoshka"]
 
 
-def test_all_five_registered():
+def test_all_architectures_registered():
     assert sorted(ARCHS) == architectures()
 
 
@@ -127,6 +127,7 @@ def test_relu_l1_is_weighted_by_decoder_norms():
         ("topk", {"bandwidth": 0.1}, "does not take option(s) ['bandwidth']"),
         ("jumprelu", {"bandwidth": -1.0}, "invalid SAE option bandwidth=-1.0"),
         ("gated", {"gated_variant": "x"}, "gated_variant='x'"),
+        ("matryoshka", {"group_sizes": [4, 4]}, "summing to d_sae=16"),
     ],
 )
 def test_bad_options_raise_clear_errors(arch, options, message):

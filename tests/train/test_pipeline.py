@@ -154,6 +154,24 @@ def test_target_l0_sweep_and_paper_recipe_from_flags():
     assert paper.train_config("jumprelu", None).batch_size == 4096
 
 
+def test_matryoshka_group_sizes_and_k_from_flags(tmp_path):
+    """--group-sizes reaches the matryoshka SAEs only; a split not summing to --width is a
+    one-line error from saelab train."""
+    from saelab.train.cli_options import TRAIN_FLAGS, run_config_from_flags
+
+    flags = dict.fromkeys(set(TRAIN_FLAGS) - {"config"})
+    given = {"hook": [HOOK], "cache": "c", "arch": "matryoshka,batchtopk", "k": "4,8"}
+    cfg = run_config_from_flags(resume=None, config=None, **flags | given | {"group_sizes": "8,24"})
+    assert [(arch, o.get("k"), o.get("group_sizes")) for _, arch, o, _ in cfg.sweep()] == [
+        ("matryoshka", 4, [8, 24]),
+        ("matryoshka", 8, [8, 24]),
+        ("batchtopk", 4, None),
+        ("batchtopk", 8, None),
+    ]
+    with pytest.raises(ValueError, match=r"group_sizes=\[8, 24\].*summing to d_sae=64"):
+        saelab.create_sae("matryoshka", 16, 64, **cfg.sweep()[0][2])
+
+
 def test_two_hooks_train_side_by_side_from_one_stream(tiny_model, text_corpus_dir, tmp_path):
     cfg = resolve_run_config(
         None,

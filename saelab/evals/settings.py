@@ -1,0 +1,43 @@
+"""The settings of one evaluation's held-out tokens and the eval.json eval_config they give."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from saelab.data.corpora import Corpus
+
+# eval.json eval_config keys that decide whether an existing evaluation can be reused
+# (the device is left out: the same settings on another device give the same metrics).
+SETTING_KEYS = ("model", "hook", "corpus", "split", "tokens", "context_size", "batch_size", "seed")
+
+
+@dataclass
+class EvalSettings:
+    """The held-out tokens every SAE of one evaluation sees."""
+
+    corpus: Corpus
+    tokens: int
+    context_size: int
+    batch_size: int
+    seed: int = 0
+
+    def eval_config(self, model: str, hook: str, device: str, dtype: str) -> dict[str, Any]:
+        """The eval.json eval_config (docs/eval-schema.md) of one SAE at `hook`."""
+        return {
+            "model": model,
+            "hook": hook,
+            "corpus": self.corpus.spec,
+            "split": "heldout",
+            "tokens": self.tokens,
+            "context_size": self.context_size,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "device": device,
+            "dtype": dtype,
+        }
+
+
+def same_settings(found: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether an eval.json eval_config was made with the wanted settings (device aside)."""
+    return all(found.get(key) == wanted.get(key) for key in (*SETTING_KEYS, "dtype"))

@@ -1,0 +1,111 @@
+"""Matryoshka SAE (SPEC §2.5; Bussmann et al. 2025, Nabeshima 2024): nested prefix losses.
+
+Latents come in groups; prefix g holds the first m_g = Σ_{h≤g} group_sizes[h] latents and must
+reconstruct x on its own, so general features stay in early latents instead of being absorbed
+into specific ones. Codes are BatchTopK's (SPEC §2.2); inference and files are BatchTopK's too
+(one global θ, saved as JumpReLU, so SAELens loads it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from saelab.kernels import (
+    SparseCodes,
+    SparsePattern,
+    matmul_autocast,
+    sparse_aux_k_loss,
+    sparse_decode,
+)
+from saelab.sae.base import TrainOutput
+from saelab.sae.batchtopk import BatchTopKSAE
+from saelab.sae.common import aux_k_loss, squared_error
+from saelab.sae.registry import register
+
+# Default prefixes when group_sizes is not given: n/16, n/8, n/4, n/2 and n latents.
+DEFAULT_GROUPS = 5
+
+
+def default_group_sizes(d_sae: int, groups: int = DEFAULT_GROUPS) -> list[int]:
+    """Group sizes whose prefixes double up to d_sae: [n/16, n/16, n/8, n/4, n/2] for 5 groups
+    (fewer groups when d_sae is too small to give each at least one latent)."""
+    while groups > 1 and d_sae >> (groups - 1) < 1:
+        groups -= 1
+    ends = [max(1, d_sae >> (groups - 1 - g)) for g in range(groups - 1)] + [d_sae]
+    return [end - start for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+
+
+@register
+class MatryoshkaSAE(BatchTopKSAE):
+    """BatchTopK codes; loss (1/G)·Σ_g ‖x − (f_{1:m_g} W_dec[1:m_g] + b_dec)‖² + α·L_aux."""
+
+    architecture = "matryoshka"
+    options = (*BatchTopKSAE.options, "group_sizes")
+
+    def __init__(self, cfg) -> None:
+        if cfg.group_sizes is None:
+            cfg.group_sizes = default_group_sizes(cfg.d_sae)
+        super().__init__(cfg)
+        ends = torch.tensor(cfg.group_sizes).cumsum(0)
+        self.register_buffer("prefix_ends", ends, persistent=False)
+
+    @property
+    def groups(self) -> int:
+        return len(self.cfg.group_sizes)
+
+    def train_forward(
+        self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None = None
+    ) -> TrainOutput:
+        """The nested loss from one code: each group decoded once, prefixes by cumulative sum."""
+        x2 = x.reshape(-1, x.shape[-1]).to(self.W_dec.dtype)
+        dead = dead_mask if dead_mask is not None and bool(dead_mask.any()) else None
+        if self.kernels.sparse_at(self.cfg.k / self.cfg.d_sae):
+            sae_in, b_dec = self.sparse_sae_input(x2)
+            pre = self.dense_pre_acts(sae_in)
+            pattern, values = self.sparse_train_codes(sae_in, pre, b_dec)
+            partials = self._sparse_partials(pattern, values)
+            codes = SparseCodes(pattern, values)
+
+            def aux(e: Tensor) -> Tensor:
+                return sparse_aux_k_loss(
+                    e, sae_in, pre, dead, self.k_aux, self.W_enc, self.b_enc, self.W_dec, b_dec
+                )
+
+        else:
+            with matmul_autocast(x.device, self.kernels.matmul_dtype):
+                pre = self.pre_acts(x2)
+                codes = self.train_activation(pre)
+                partials = self._dense_partials(codes)
+
+            def aux(e: Tensor) -> Tensor:
+                return aux_k_loss(x2, x2 - e, pre, self.W_dec, dead, self.k_aux)
+
+        prefixes = partials.to(self.W_dec.dtype).cumsum(1) + self.b_dec  # (B, G, d_in)
+        x_hat = prefixes[:, -1]
+        nested = sum(squared_error(x2, prefixes[:, g]) for g in range(self.groups))
+        terms = {"mse_loss": nested / self.groups}
+        if dead is not None:
+            terms["aux_loss"] = self.cfg.aux_coefficient * aux((x2 - x_hat).detach())
+        return TrainOutput(sum(terms.values()), terms, codes, x_hat.reshape(x.shape))
+
+    def _dense_partials(self, f: Tensor) -> Tensor:
+        """(B, G, d_in): each group's f_group W_dec[group], one decoder pass split by groups."""
+        starts = [0, *self.prefix_ends[:-1].tolist()]
+        blocks = zip(starts, self.prefix_ends.tolist(), strict=True)
+        return torch.stack([f[:, a:b] @ self.W_dec[a:b] for a, b in blocks], dim=1)
+
+    def _sparse_partials(self, pattern: SparsePattern, values: Tensor) -> Tensor:
+        """(B, G, d_in) from the sparse code: the entries of each (token, group) form one bag.
+
+        Entries are sorted by token, then latent; groups are contiguous latent ranges, so the
+        (token, group) bags are contiguous too and one sparse decode gives every partial sum.
+        """
+        group = torch.bucketize(pattern.cols, self.prefix_ends[:-1], right=True)
+        tokens = pattern.shape[0]
+        bags = SparsePattern.from_coo(
+            pattern.rows * self.groups + group,
+            pattern.cols,
+            (tokens * self.groups, pattern.shape[1]),
+        )
+        return sparse_decode(values, self.W_dec, None, bags).reshape(tokens, self.groups, -1)
