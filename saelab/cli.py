@@ -154,6 +154,18 @@ def eval_command(
             "pass runs; --no-reuse-reference runs all three."
         ),
     ] = True,
+    probing: Annotated[
+        bool,
+        typer.Option(
+            help="Also run sparse probing (SPEC §3): logistic probes on the top 1, 2 and 5 "
+            "latents vs on the raw activation, for Python token kinds (comment, string, name, "
+            "number, operator, keyword) of held-out Python source; results in eval.json "
+            '"probing".'
+        ),
+    ] = False,
+    probing_tokens: Annotated[
+        int, typer.Option(help="Labelled held-out tokens for --probing.")
+    ] = 8192,
 ) -> None:
     """SPEC §3 metrics + spliced-LM loss on held-out text → eval.json, latent stats, density plot."""
     from rich.console import Console
@@ -166,6 +178,7 @@ def eval_command(
             path=path, model=model, hook=hook, corpus=corpus, tokens=tokens,
             batch_size=batch_size, context_size=context_size, device=device, dtype=dtype,
             seed=seed, out=out, reuse_reference=reuse_reference,
+            probing_tokens=probing_tokens if probing else 0,
         )  # fmt: skip
     if report["n_tokens"] < tokens:
         typer.echo(f"Warning: the held-out split had only {report['n_tokens']:,} tokens.", err=True)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch import Tensor
 
 from saelab.data.corpora import load_corpus
 from saelab.data.progress import token_progress
@@ -16,6 +20,7 @@ from saelab.evals.density import (
     save_latent_stats,
 )
 from saelab.evals.metrics import MetricsAccumulator
+from saelab.evals.probing import build_probing_set, sparse_probing
 from saelab.evals.reference import find_reference, save_reference
 from saelab.evals.report import build_report, write_report
 from saelab.evals.settings import EvalSettings
@@ -25,6 +30,7 @@ from saelab.formats.load import load_sae
 from saelab.lm.dtypes import dtype_name
 from saelab.lm.hooks import resolve_hook
 from saelab.lm.loading import load_model
+from saelab.lm.model import LanguageModel
 from saelab.sae import SAE
 
 EVAL_FILE = "eval.json"
@@ -69,12 +75,14 @@ def run_eval_command(
     seed: int,
     out: Path | None,
     reuse_reference: bool = True,
+    probing_tokens: int = 0,
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate an SAE (SPEC §3); write eval.json, latent stats and density plot beside it.
 
     reuse_reference: read the SAE-independent passes of these settings from saelab's cache
-    (computing and saving them the first time; saelab.evals.reference). Returns (the eval.json
-    document, its path).
+    (computing and saving them the first time; saelab.evals.reference). probing_tokens > 0
+    adds sparse probing on that many labelled held-out tokens (saelab.evals.probing) as
+    eval.json's "probing". Returns (the eval.json document, its path).
     """
     start = time.perf_counter()
     sae = load_sae(path)
@@ -102,6 +110,10 @@ def run_eval_command(
     metrics = evaluator.result()
     if evaluator.reference_batches is not None:
         save_reference(ref_path, evaluator.reference_batches)
+    sections = {}
+    if probing_tokens > 0:
+        documents = source.documents(seed=seed, split="heldout")
+        sections["probing"] = probe(sae, lm, hook_name, documents, probing_tokens, context_size)
     return save_eval(
         out or default_output(path),
         metrics=metrics,
@@ -110,7 +122,24 @@ def run_eval_command(
         sae_path=path,
         eval_config=eval_config,
         started=start,
+        sections=sections,
     )
+
+
+def probe(
+    sae: SAE, lm: LanguageModel, hook: str, documents: Iterator[str], tokens: int, context: int
+) -> dict[str, Any]:
+    """eval.json's "probing": sparse probing accuracies per task and k (SPEC §3)."""
+    with token_progress("probing", tokens) as on_progress:
+        data = build_probing_set(
+            lm, hook, documents, tokens, context, lambda n: on_progress(n, tokens)
+        )
+
+    @torch.no_grad()
+    def encode(x: Tensor) -> Tensor:
+        return sae.encode(x.to(sae.device, sae.W_dec.dtype)).float().cpu()
+
+    return {"tokens": len(data.labels), "tasks": sparse_probing(encode, data)}
 
 
 def save_eval(
@@ -122,11 +151,13 @@ def save_eval(
     sae_path: Path,
     eval_config: dict[str, Any],
     started: float,
+    sections: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """Write eval.json at `out` and the latent stats + density plot beside it.
 
     `tensor` is the SAE's accumulator (per-latent statistics); `started` the perf_counter()
-    value at which the evaluation began. Returns (the eval.json document, its path).
+    value at which the evaluation began; `sections` extra top-level parts (e.g. "probing").
+    Returns (the eval.json document, its path).
     """
     folder = out.parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -152,5 +183,5 @@ def save_eval(
         feature_density=histogram,
         files={"latent_stats": LATENT_STATS_FILE, "feature_density_plot": DENSITY_PLOT_FILE},
         eval_time_s=time.perf_counter() - started,
-    )
+    ) | (sections or {})
     return report, write_report(out, report)

@@ -95,6 +95,29 @@ def test_json_output_and_out_option(sae_dir, tmp_path):
     assert (tmp_path / "results" / "feature_density.png").is_file()
 
 
+def test_probing_adds_accuracies_per_task_and_k(sae_dir, tmp_path):
+    out = tmp_path / "probe.json"
+    args = [str(sae_dir), *FAST, "--out", str(out), "--probing", "--probing-tokens", "600"]
+    result = _invoke(*args)
+    assert result.exit_code == 0, result.output
+    probing = json.loads(out.read_text())["probing"]
+    assert probing["tokens"] == 600 and "mean" in probing["tasks"]
+    for name, row in probing["tasks"].items():
+        assert {"dense", "k1", "k2", "k5"} <= set(row), name
+        assert all(0.0 <= row[key] <= 1.0 for key in ("dense", "k1", "k2", "k5")), name
+
+
+def test_probing_a_corpus_without_python_source_is_a_clear_error(sae_dir, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(40):  # text Python's tokenizer rejects from its first character
+        (corpus / f"{i}.txt").write_text(f'"""never closed {i}\n' + "words and more words\n" * 30)
+    args = [str(sae_dir), *FAST, "--corpus", str(corpus), "--probing"]
+    result = _invoke(*args, "--out", str(tmp_path / "e.json"))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "sparse probing needs Python source" in result.output
+
+
 def test_gemma_scope_npz_needs_model_and_hook_and_writes_beside_it(tiny_model, tmp_path):
     sae = saelab.create_sae("jumprelu", 64, 128, seed=2)
     sae.fold_normalization(1.0)  # Gemma Scope files have no pre-encoder bias
@@ -143,5 +166,6 @@ def test_help_lists_every_option():
     result = CliRunner().invoke(app, ["eval", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     for option in ("--model", "--hook", "--corpus", "--tokens", "--batch-size", "--context-size",
-                   "--device", "--dtype", "--seed", "--out", "--json"):  # fmt: skip
+                   "--device", "--dtype", "--seed", "--out", "--json", "--probing",
+                   "--probing-tokens"):  # fmt: skip
         assert option in result.output
