@@ -64,20 +64,20 @@ def batch_topk_select(scores: Tensor, k: int, across_ranks: bool) -> tuple[Tenso
     count = k * scores.shape[0] * ranks
     if count >= flat.numel() * ranks:  # k ≥ n: every entry is selected
         cut = flat.new_full((), float("-inf"))
-        smallest = _smallest_above(flat, cut).to(torch.promote_types(flat.dtype, torch.float32))
+        smallest = smallest_above(flat, cut).to(torch.promote_types(flat.dtype, torch.float32))
         if ranks > 1:
             dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
         return torch.arange(flat.numel(), device=flat.device), cut, smallest
     candidates, idx = flat.topk(min(count + 1, flat.numel()), sorted=False)
     if ranks == 1:
         cut = candidates.min()
-        return idx, cut, _smallest_above(candidates, cut)
+        return idx, cut, smallest_above(candidates, cut)
     union = _all_gather(candidates, ranks)
     cut = union.kthvalue(union.numel() - count).values
-    return idx[candidates > cut], cut, _smallest_above(union, cut)
+    return idx[candidates > cut], cut, smallest_above(union, cut)
 
 
-def _smallest_above(values: Tensor, cut: Tensor) -> Tensor:
+def smallest_above(values: Tensor, cut: Tensor) -> Tensor:
     """The smallest of values that is > cut and > 0, +inf if none."""
     return torch.where(values > cut.clamp_min(0), values, float("inf")).min()
 

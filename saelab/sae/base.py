@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from saelab.kernels import KernelOptions, SparseCodes, Workspace, dense_pre_acts
-from saelab.sae.common import geometric_median
+from saelab.sae.common import INIT_CHUNK_TOKENS, geometric_median
 from saelab.validation import check_known_fields, check_values
 
 SPARSITY_LOSSES = ("quadratic", "l0", "tanh")
@@ -259,11 +259,17 @@ class SAE(nn.Module, abc.ABC):
         f is positively homogeneous in (W_enc, b_enc, θ), so scaling them by s scales x̂ − b_dec
         by s without changing which latents fire; s = 1 when nothing fires.
         """
-        centred, recon = x - self.b_dec, self.forward(x) - self.b_dec
-        denominator = float(recon.double().pow(2).sum())
+        numerator = denominator = 0.0
+        for part in x.split(INIT_CHUNK_TOKENS):  # bounded memory at any width
+            centred, recon = (
+                (part - self.b_dec).double(),
+                (self.forward(part) - self.b_dec).double(),
+            )
+            numerator += float((centred * recon).sum())
+            denominator += float(recon.pow(2).sum())
         if denominator == 0.0:
             return 1.0
-        return max(float((centred.double() * recon.double()).sum()) / denominator, 1e-3)
+        return max(numerator / denominator, 1e-3)
 
     def _scale_encoder(self, s: float) -> None:
         """Multiply the encoder (W_enc, b_enc and any threshold) by s."""

@@ -10,9 +10,9 @@ import torch
 from torch import Tensor
 
 from saelab.kernels import SparsePattern, batch_topk_codes
-from saelab.kernels.codes import batch_topk_select
+from saelab.kernels.codes import batch_topk_select, smallest_above
 from saelab.sae.base import INIT_SAMPLE_TOKENS
-from saelab.sae.common import threshold_mask
+from saelab.sae.common import threshold_mask, top_values
 from saelab.sae.registry import register
 from saelab.sae.topk import TopKSAE
 
@@ -47,7 +47,11 @@ class BatchTopKSAE(TopKSAE):
         """
         super().initialize_from_data(x)
         sample = x.reshape(-1, x.shape[-1])[:INIT_SAMPLE_TOKENS]
-        _, _, smallest = batch_topk_select(self.pre_acts(sample).relu(), self.cfg.k, False)
+        count, entries = self.cfg.k * sample.shape[0], sample.shape[0] * self.cfg.d_sae
+        # batch_topk_select's cut and smallest from the k·N + 1 largest, a chunk at a time.
+        top = top_values(lambda part: self.pre_acts(part).relu(), sample, min(count + 1, entries))
+        cut = top.min() if count < entries else top.new_tensor(float("-inf"))
+        smallest = smallest_above(top, cut)
         if torch.isfinite(smallest):  # +inf: nothing fired, so training will set θ
             self.threshold.fill_(float(smallest))
             self.cfg.metadata.setdefault("init", {})["threshold"] = float(smallest)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from saelab.kernels.codes import aux_k_denominator
+
+# The data-dependent init (SPEC §2.0) scores its sample this many tokens at a time: at 16,384
+# latents a whole 16k-token sample's π alone is 1 GiB, a 2k-token chunk's 128 MiB.
+INIT_CHUNK_TOKENS = 2048
 
 
 def squared_error(x: Tensor, x_hat: Tensor) -> Tensor:
@@ -53,3 +59,18 @@ def geometric_median(x: Tensor, iters: int = 50, tol: float = 1e-6) -> Tensor:
             return y_new
         y = y_new
     return y
+
+
+def top_values(
+    scores: Callable[[Tensor], Tensor], x: Tensor, count: int, chunk: int = INIT_CHUNK_TOKENS
+) -> Tensor:
+    """The `count` largest entries of scores(x) over all of x (unordered), scoring a chunk of
+    rows at a time. Exact: each of them is among the `count` largest of its own chunk."""
+    best: Tensor | None = None
+    for part in x.split(chunk):
+        values = scores(part).reshape(-1)
+        if best is not None:
+            values = torch.cat([best, values])
+        best = values.topk(min(count, values.numel()), sorted=False).values
+    assert best is not None, "top_values needs at least one row"
+    return best

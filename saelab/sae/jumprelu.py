@@ -17,7 +17,7 @@ from saelab.kernels import (
 )
 from saelab.kernels.codes import mean_across_ranks
 from saelab.sae.base import SAE, TrainOutput
-from saelab.sae.common import aux_k_loss, squared_error, threshold_mask
+from saelab.sae.common import aux_k_loss, squared_error, threshold_mask, top_values
 from saelab.sae.registry import register
 
 MIN_THRESHOLD = 1e-6
@@ -136,10 +136,10 @@ class JumpReLUSAE(SAE):
         """θ₀ = the pre-activation level above which the sample has target_l0 active latents."""
         if self.cfg.init_threshold is not None:
             return {"threshold": self.cfg.init_threshold}
-        pre = self.pre_acts(x).float()
         target = self.cfg.target_l0 or min(DEFAULT_TARGET_L0, self.cfg.d_sae)
-        count = max(1, round(target * pre.shape[0]))
-        theta = max(float(pre.reshape(-1).topk(count, sorted=False).values.min()), MIN_THRESHOLD)
+        count = max(1, round(target * x.shape[0]))
+        top = top_values(lambda part: self.pre_acts(part).float(), x, count)
+        theta = max(float(top.min()), MIN_THRESHOLD)
         self.threshold.fill_(theta)
         return {"target_l0": target}
 
