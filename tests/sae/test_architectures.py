@@ -139,3 +139,15 @@ def test_bad_options_raise_clear_errors(arch, options, message):
         .replace("]", r"\]"),
     ):
         saelab.create_sae(arch, 8, 16, **options)
+
+
+def test_chunked_top_values_equal_one_topk_over_everything():
+    from saelab.sae.common import top_values
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 7, generator=g)
+    w = torch.randn(7, 30, generator=g)
+    full = (x @ w).reshape(-1).topk(123).values
+    for chunk in (1, 8, 50):
+        chunked = top_values(lambda part: part @ w, x, 123, chunk=chunk)
+        torch.testing.assert_close(chunked.sort(descending=True).values, full, rtol=0, atol=1e-6)
