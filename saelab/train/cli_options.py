@@ -42,7 +42,7 @@ Cache = Annotated[
 Arch = Annotated[
     str | None,
     typer.Option(
-        help="Architecture(s), comma-separated: jumprelu, topk, batchtopk, matryoshka, gated, relu "
+        help="Comma-separated: jumprelu, topk, batchtopk, matryoshka, gated or relu "
         "(default: jumprelu)."
     ),
 ]
