@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from quality import read_rows  # benchmarks/quality.py, beside this script
+
 # (library, variant, venv): saelab's rows run in the project venv, the peers in .venv-bench;
 # the longest (SAELens) first, so a session that edits code meanwhile measures saelab last.
 PLAN = [
@@ -39,10 +41,6 @@ PLAN = [
 ]
 # Which peer row each saelab row is compared with.
 PEER_OF = {"jumprelu": "jumprelu-target", "topk": "topk", "batchtopk": "topk"}
-
-
-def read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def run_one(args: argparse.Namespace, library: str, variant: str, venv: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -55,17 +57,30 @@ class SparseEncoder(torch.autograd.Function):
         sae_in, W_enc = ctx.saved_tensors
         pattern: SparsePattern = ctx.pattern
         grad = grad.to(W_enc.dtype)
-        grad_in = grad_w = grad_b = grad_b_dec = None
+        grad_in = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_in = pattern.csr(grad) @ W_enc.T
         if ctx.needs_input_grad[1]:
             grad_w = _transposed(pattern.bag_sum_t(sae_in.to(W_enc.dtype), grad))
-        if ctx.needs_input_grad[2] or ctx.needs_input_grad[5]:
-            grad_sum = torch.zeros(pattern.shape[1], dtype=grad.dtype, device=grad.device)
-            grad_sum.index_add_(0, pattern.cols, grad)
-            grad_b = grad_sum if ctx.needs_input_grad[2] else None
-            grad_b_dec = -(W_enc @ grad_sum) if ctx.needs_input_grad[5] else None
+
+        def token_sum() -> Tensor:
+            total = torch.zeros(pattern.shape[1], dtype=grad.dtype, device=grad.device)
+            return total.index_add_(0, pattern.cols, grad)
+
+        needs = ctx.needs_input_grad
+        grad_b, grad_b_dec = _offset_grads(token_sum, W_enc, needs[2], needs[5])
         return grad_in, grad_w, grad_b, None, None, grad_b_dec
+
+
+def _offset_grads(
+    token_sum: Callable[[], Tensor], W_enc: Tensor, need_b_enc: bool, need_b_dec: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """(∂b_enc, ∂b_dec) from Σ_tokens g: ∂b_enc = Σ_t g, ∂b_dec = −W_enc·Σ_t g (sae_in = x − b_dec
+    with x constant); the sum is taken only when either is needed."""
+    if not (need_b_enc or need_b_dec):
+        return None, None
+    total = token_sum()
+    return (total if need_b_enc else None), (-(W_enc @ total) if need_b_dec else None)
 
 
 def _transposed(m: Tensor, block: int = 1024) -> Tensor:
@@ -121,9 +136,8 @@ class DenseEncoder(torch.autograd.Function):
         with matmul_autocast(grad.device, ctx.matmul_dtype):
             grad_in = grad @ W_enc.T if ctx.needs_input_grad[0] else None
             grad_w = sae_in.T @ grad if ctx.needs_input_grad[1] else None
-        grad_sum = grad.sum(0) if ctx.needs_input_grad[2] or ctx.needs_input_grad[4] else None
-        grad_b = grad_sum if ctx.needs_input_grad[2] else None
-        grad_b_dec = -(W_enc @ grad_sum) if ctx.needs_input_grad[4] else None
+        needs = ctx.needs_input_grad
+        grad_b, grad_b_dec = _offset_grads(lambda: grad.sum(0), W_enc, needs[2], needs[4])
         return _cast(grad_in, W_enc), _cast(grad_w, W_enc), grad_b, None, grad_b_dec, None
 
 
