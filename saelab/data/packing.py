@@ -6,7 +6,10 @@ contexts. A StreamPosition (epoch, document, token offset) says where the next c
 a stream built with start=position continues exactly there, which makes resuming cheap
 (documents before it are skipped without tokenising). Documents longer than 50,000 characters
 are tokenised in pieces cut after newlines, so memory does not grow with document length (the
-tokens at a cut may differ from tokenising the whole document at once).
+tokens at a cut may differ from tokenising the whole document at once). With document_tokens
+set, each document contributes one window of at most that many tokens, at an offset drawn from
+(seed, epoch, document), so a small budget spans many documents instead of a few long ones;
+remainder=True gives each document's tokens outside that window (a second pass over the rest).
 """
 
 from __future__ import annotations
@@ -88,15 +91,21 @@ class ContextStream:
         split: str = "train",
         epochs: int | None = None,
         start: StreamPosition | None = None,
+        document_tokens: int | None = None,
+        remainder: bool = False,
     ) -> None:
         if context_size < 2:
             raise ValueError(f"context_size must be >= 2 (BOS + text), got {context_size}.")
+        if document_tokens is not None and document_tokens < 1:
+            raise ValueError(f"document_tokens must be >= 1 or None, got {document_tokens}.")
         self.corpus = corpus
         self.tokenizer = tokenizer
         self.context_size = context_size
         self.seed = seed
         self.split = split
         self.epochs = epochs
+        self.document_tokens = document_tokens
+        self.remainder = remainder
         self.bos_id = begin_token_id(tokenizer)
         self.separator_id = separator_token_id(tokenizer)
         start = start or StreamPosition()
@@ -121,13 +130,30 @@ class ContextStream:
             )
             for group in _groups(texts, _GROUP_DOCS, _GROUP_CHARS):
                 for tokens in self._encode_group(group):
-                    yield epoch, index, tokens
+                    yield epoch, index, self._window(epoch, index, tokens)
                     index += 1
             if index == 0:
                 raise ValueError(
                     f"Corpus {self.corpus.spec!r} has no non-empty documents in split {self.split!r}."
                 )
             epoch, first = epoch + 1, 0
+
+    def _window(self, epoch: int, index: int, tokens: np.ndarray) -> np.ndarray:
+        """At most document_tokens of a document at a seeded offset, or (remainder) the rest.
+
+        Each piece ends with the separator; the remainder's two sides are separate pieces.
+        """
+        body = len(tokens) - 1
+        if self.document_tokens is None or body <= self.document_tokens:
+            return tokens[:0] if self.remainder else tokens
+        rng = np.random.default_rng([self.seed, epoch, index])
+        start = int(rng.integers(0, body - self.document_tokens + 1))
+        end, separator = start + self.document_tokens, tokens[-1:]
+        if not self.remainder:
+            return np.concatenate([tokens[start:end], separator])
+        before = [tokens[:start], separator] if start else []
+        after = [tokens[end:-1], separator] if end < body else []
+        return np.concatenate([*before, *after, tokens[:0]])
 
     def _encode(self, texts: list[str]) -> list[np.ndarray]:
         """Token ids of each text (no special tokens added)."""

@@ -6,10 +6,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from saelab.data.corpora import Corpus
+from saelab.evals.tokens import document_tokens
 
 # eval.json eval_config keys that decide whether an existing evaluation can be reused
 # (the device is left out: the same settings on another device give the same metrics).
-SETTING_KEYS = ("model", "hook", "corpus", "split", "tokens", "context_size", "batch_size", "seed")
+SETTING_KEYS = (
+    "model", "hook", "corpus", "split", "tokens", "document_tokens", "context_size", "batch_size",
+    "seed",
+)  # fmt: skip
 
 
 @dataclass
@@ -30,6 +34,7 @@ class EvalSettings:
             "corpus": self.corpus.spec,
             "split": "heldout",
             "tokens": self.tokens,
+            "document_tokens": document_tokens(self.tokens, self.context_size),
             "context_size": self.context_size,
             "batch_size": self.batch_size,
             "seed": self.seed,

@@ -85,19 +85,33 @@ def largest_entries(scores: Tensor, count: int, k: int) -> tuple[Tensor, Tensor]
     """The `count` largest entries of (B, n) scores as (values, flat indices), unordered.
 
     Each row's ROW_CANDIDATES·k largest first, then the `count` largest of those: ≈4× faster
-    than one top-`count` over all B·n entries at 4,096 × 16,384. Exact whenever no row's
-    smallest candidate exceeds the result's smallest value (then nothing left out of the
-    candidates can rank higher); otherwise, checked with one read-back, the whole-batch top-k.
+    than one top-`count` over all B·n entries at 4,096 × 16,384. A row whose smallest candidate
+    exceeds that result's smallest value may hold more of the largest entries ("crowded", e.g.
+    a high-norm token): its whole row joins the candidates and the selection is redone, which
+    is exact, as nothing left out of any other row can rank higher. One read-back decides.
     """
     b, n = scores.shape
     count = min(count, b * n)
     per_row = ROW_CANDIDATES * k
-    if per_row < n and per_row * b >= count:
-        rows = scores.topk(per_row, dim=-1, sorted=False)
-        values, pick = rows.values.reshape(-1).topk(count, sorted=False)
-        if not bool((rows.values.min(-1).values > values.min()).any()):
-            return values, (pick // per_row) * n + rows.indices.reshape(-1)[pick]
-    return scores.reshape(-1).topk(count, sorted=False)
+    if per_row >= n or per_row * b < count:
+        return scores.reshape(-1).topk(count, sorted=False)
+    rows = scores.topk(per_row, dim=-1, sorted=False)
+    flat = rows.indices + torch.arange(b, device=scores.device).unsqueeze(1) * n
+    values, pick = rows.values.reshape(-1).topk(count, sorted=False)
+    crowded = rows.values.min(-1).values > values.min()
+    if not bool(crowded.any()):
+        return values, flat.reshape(-1)[pick]
+    full = crowded.nonzero().squeeze(1)
+    keep = ~crowded
+    union = torch.cat([rows.values[keep].reshape(-1), scores[full].reshape(-1)])
+    union_flat = torch.cat(
+        [
+            flat[keep].reshape(-1),
+            (full.unsqueeze(1) * n + torch.arange(n, device=scores.device)).reshape(-1),
+        ]
+    )
+    values, pick = union.topk(count, sorted=False)
+    return values, union_flat[pick]
 
 
 def smallest_above(values: Tensor, cut: Tensor) -> Tensor:

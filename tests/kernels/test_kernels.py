@@ -242,16 +242,16 @@ def test_blocked_transpose_is_the_transpose(block):
     assert out.is_contiguous() and torch.equal(out, m.T)
 
 
-@pytest.mark.parametrize("crowded", [False, True])
+@pytest.mark.parametrize("crowded", [{}, {5: 10.0}, {5: 3.0, 17: 2.0, 40: 2.5}])
 def test_largest_entries_equal_one_topk_over_the_batch(crowded):
-    """Row candidates first, or (when one row holds more than its candidates' share of the
-    largest entries) the whole-batch top-k: the same entries either way."""
+    """Row candidates first, and the whole row of each row that holds more than its candidates'
+    share of the largest entries (high-norm tokens): the same entries as one whole-batch top-k."""
     from saelab.kernels.codes import largest_entries
 
     g = torch.Generator().manual_seed(11)
     scores = torch.randn(64, 500, generator=g)
-    if crowded:
-        scores[5] += 10.0  # row 5 alone holds the 200 largest entries, more than 4·k = 8
+    for row, shift in crowded.items():
+        scores[row] += shift  # e.g. row 5 + 10 alone holds the 200 largest, more than 4·k = 8
     values, flat = largest_entries(scores, 200, k=2)
     ref_values, ref_flat = scores.reshape(-1).topk(200)
     assert torch.equal(flat.sort().values, ref_flat.sort().values)
