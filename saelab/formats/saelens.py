@@ -20,6 +20,16 @@ WEIGHTS_FILE = "sae_weights.safetensors"
 # The SAELens config format version these files follow (the v6 layout, with "metadata").
 SAELENS_FORMAT_VERSION = "6.0.0"
 SAELENS_TO_SAELAB = {"standard": "relu", "jumprelu": "jumprelu", "topk": "topk", "gated": "gated"}
+# SAELens's transcoder classes (SPEC §2.6), by the SAE architecture saelab exports and whether
+# it has a skip connection. SAELens has no TopK or Gated transcoder: those are written under a
+# saelab-only name that SAELens refuses clearly instead of misreading the weights.
+SAELENS_TRANSCODERS = {
+    ("standard", False): "transcoder",
+    ("standard", True): "skip_transcoder",
+    ("jumprelu", False): "jumprelu_transcoder",
+    ("jumprelu", True): "jumprelu_skip_transcoder",
+}
+TRANSCODER_TO_SAE = {name: key for key, name in SAELENS_TRANSCODERS.items()}
 PROVENANCE = {
     "model_name": "model_name",
     "hook_name": "hook_name",
@@ -44,6 +54,11 @@ def _saelens_cfg(sae: SAE, architecture: str) -> dict[str, Any]:
     }
     if architecture == "topk":
         out |= {"k": cfg.k, "rescale_acts_by_decoder_norm": False}
+    if cfg.transcoder:
+        key = (architecture, cfg.skip_connection)
+        out["architecture"] = SAELENS_TRANSCODERS.get(key, f"saelab_{architecture}_transcoder")
+        out["d_out"] = cfg.d_out
+        out["metadata"]["hook_name_out"] = cfg.target_hook_name
     return out
 
 
@@ -73,10 +88,20 @@ def save_sae_dir(sae: SAE, path: Path, *, as_jumprelu: bool = False) -> Path:
 
 def _config_from_saelens(raw: dict[str, Any], cfg_path: Path) -> SAEConfig:
     arch = raw.get("architecture", "standard")
+    arch, skip = TRANSCODER_TO_SAE.get(arch, (arch, False))
     if arch not in SAELENS_TO_SAELAB:
-        raise SAEFileError(
-            cfg_path, f"unknown architecture {arch!r}; saelab reads {sorted(SAELENS_TO_SAELAB)}"
-        )
+        known = sorted([*SAELENS_TO_SAELAB, *TRANSCODER_TO_SAE])
+        raise SAEFileError(cfg_path, f"unknown architecture {arch!r}; saelab reads {known}")
+    transcoder = {}
+    if raw.get("architecture") in TRANSCODER_TO_SAE:
+        if "d_out" not in raw:
+            raise SAEFileError(cfg_path, "missing field 'd_out' (a transcoder's output width)")
+        meta = raw.get("metadata") or {}
+        transcoder = {
+            "d_out": int(raw["d_out"]),
+            "skip_connection": skip,
+            "target_hook_name": meta.get("hook_name_out"),
+        }
     norm = raw.get("normalize_activations", "none")
     if norm not in ("none", None):
         raise SAEFileError(
@@ -95,6 +120,7 @@ def _config_from_saelens(raw: dict[str, Any], cfg_path: Path) -> SAEConfig:
             apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)),
             k=raw.get("k"),
             **fields,
+            **transcoder,
         )
     except KeyError as e:
         raise SAEFileError(cfg_path, f"missing field {e.args[0]!r}") from None

@@ -7,6 +7,7 @@ Each hook point is captured by a PyTorch forward hook (or forward pre-hook) on o
 | hook_resid_pre  | input of layer L           | input of layer L                    | input of h.L   | input of layers.L              |
 | hook_attn_out   | output of self_attn        | output of post_attention_layernorm  | output of attn | output of post_attention_dropout |
 | hook_resid_mid  | input of post_attn_layernorm | input of pre_feedforward_layernorm | input of ln_2  | input of post_attention_layernorm (sequential residual only) |
+| hook_mlp_in     | input of mlp               | input of mlp                        | input of mlp   | input of mlp                   |
 | hook_mlp_out    | output of mlp              | output of post_feedforward_layernorm | output of mlp | output of post_mlp_dropout     |
 | hook_resid_post | output of layer L          | output of layer L                   | output of h.L  | output of layers.L             |
 
@@ -14,6 +15,7 @@ Gemma 2/3 normalise the attention and MLP outputs again before adding them to th
 stream ("sandwich" norms). Following TransformerLens, hook_attn_out and hook_mlp_out are the
 outputs *after* those post-norms (the vectors actually added to the residual stream), so
 resid_mid = resid_pre + attn_out and resid_post = resid_mid + mlp_out hold for every family.
+hook_mlp_in is what the MLP reads (after its pre-norm): the input of an MLP transcoder.
 GPT-NeoX models with a parallel residual (Pythia) have no resid_mid, as in TransformerLens.
 """
 
@@ -28,6 +30,7 @@ HOOK_KINDS = (
     "hook_resid_pre",
     "hook_attn_out",
     "hook_resid_mid",
+    "hook_mlp_in",
     "hook_mlp_out",
     "hook_resid_post",
 )
@@ -54,6 +57,7 @@ class FamilyLayout:
     resid_mid: str | None  # module whose input is hook_resid_mid (None: not defined)
     mlp_out: str  # module whose output is hook_mlp_out
     parallel_flag: str | None = None  # config flag that, when true, removes hook_resid_mid
+    mlp: str = "mlp"  # module whose input is hook_mlp_in
 
 
 _LLAMA = FamilyLayout(
@@ -176,4 +180,6 @@ def resolve_hook(model: nn.Module, name: str) -> HookPoint:
         return HookPoint(name, layer, kind, block.get_submodule(layout.resid_mid), "input")
     if kind == "hook_attn_out":
         return HookPoint(name, layer, kind, block.get_submodule(layout.attn_out), "output")
+    if kind == "hook_mlp_in":
+        return HookPoint(name, layer, kind, block.get_submodule(layout.mlp), "input")
     return HookPoint(name, layer, kind, block.get_submodule(layout.mlp_out), "output")

@@ -66,6 +66,13 @@ class SAEConfig:
     gated_variant: str = "unit-norm"
     # relu (SPEC §2.1)
     unit_norm_decoder: bool = False
+    # Transcoder (SPEC §2.6): predict d_out features at target_hook_name from x at hook_name;
+    # None = an SAE (the target is the input). skip_connection adds x W_skipᵀ to ŷ (SAELens's
+    # skip transcoder); target_normalization_constant is C_y (SPEC §1, folded like C).
+    d_out: int | None = None
+    skip_connection: bool = False
+    target_hook_name: str | None = None
+    target_normalization_constant: float = 1.0
     # provenance, when known
     model_name: str | None = None
     hook_name: str | None = None
@@ -116,6 +123,19 @@ class SAEConfig:
                 "'ri-l1' or 'unit-norm'",
             ),
             "normalization_constant": (self.normalization_constant > 0, "a positive float"),
+            "target_normalization_constant": (
+                self.target_normalization_constant > 0,
+                "a positive float",
+            ),
+            "d_out": (self.d_out is None or self.d_out >= 1, "an integer ≥ 1 (or null: an SAE)"),
+            "skip_connection": (
+                not self.skip_connection or self.d_out is not None,
+                "false for an SAE (a skip connection needs a transcoder: set d_out)",
+            ),
+            "apply_b_dec_to_input": (
+                self.d_out is None or not self.apply_b_dec_to_input,
+                "false for a transcoder (b_dec lives in the output space)",
+            ),
             "group_sizes": (
                 self.group_sizes is None
                 or (
@@ -127,6 +147,16 @@ class SAEConfig:
             ),
         }
         check_values(self, checks, "SAE option")
+
+    @property
+    def transcoder(self) -> bool:
+        """Whether this predicts another hook's activations (SPEC §2.6)."""
+        return self.d_out is not None
+
+    @property
+    def out_dim(self) -> int:
+        """Width of ŷ: d_out for a transcoder, d_in for an SAE."""
+        return self.d_in if self.d_out is None else self.d_out
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -186,8 +216,10 @@ class SAE(nn.Module, abc.ABC):
         super().__init__()
         self.cfg = cfg
         dtype = getattr(torch, cfg.dtype)
-        self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_in, dtype=dtype))
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=dtype))
+        self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.out_dim, dtype=dtype))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.out_dim, dtype=dtype))
+        if cfg.skip_connection:  # (d_out, d_in) as SAELens stores it; starts at zero
+            self.W_skip = nn.Parameter(torch.zeros(cfg.out_dim, cfg.d_in, dtype=dtype))
         self._init_encoder(dtype)
         self.needs_data_init = False
         # How train_forward runs (saelab.kernels): set per SAE, e.g. KernelOptions(mode="dense").
@@ -218,27 +250,40 @@ class SAE(nn.Module, abc.ABC):
         with torch.no_grad():
             nn.init.kaiming_uniform_(self.W_dec)
             self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
-            self.W_enc.copy_(self.W_dec.T)
+            self.W_enc.copy_(self.tied_encoder())
             self.b_enc.zero_()
             self.b_dec.zero_()
         self.needs_data_init = True
 
     @torch.no_grad()
-    def initialize_from_data(self, x: Tensor) -> None:
+    def tied_encoder(self) -> Tensor:
+        """W_decᵀ (SPEC §2 init); a transcoder's x and ŷ live in different spaces, so its
+        latents read random unit directions of x with the norms of their decoder rows."""
+        if not self.cfg.transcoder:
+            return self.W_dec.T
+        directions = torch.randn(self.cfg.d_sae, self.cfg.d_in, dtype=self.W_dec.dtype)
+        directions *= (self.W_dec.norm(dim=1) / directions.norm(dim=1)).unsqueeze(1)
+        return directions.T
+
+    @torch.no_grad()
+    def initialize_from_data(self, x: Tensor, target: Tensor | None = None) -> None:
         """SPEC §2.0 on a sample of normalised inputs: b_dec, thresholds, then the encoder scale.
 
-        The computed values go to cfg.metadata["init"] so cfg.json records how the run started.
+        target: a transcoder's normalised y for the same tokens (SPEC §2.6; b_dec and the scale
+        fit y). The computed values go to cfg.metadata["init"] so cfg.json records how the run
+        started.
         """
         x = x.reshape(-1, x.shape[-1])[:INIT_SAMPLE_TOKENS].to(self.W_dec.dtype)
+        y = x if target is None else target.reshape(-1, target.shape[-1])[: len(x)].to(x.dtype)
         cfg = self.cfg
         if cfg.b_dec_init == "geometric_median":
-            self.b_dec.copy_(geometric_median(x).to(self.b_dec.dtype))
+            self.b_dec.copy_(geometric_median(y).to(self.b_dec.dtype))
         elif cfg.b_dec_init == "mean":
-            self.b_dec.copy_(x.mean(0))
+            self.b_dec.copy_(y.mean(0))
         record: dict[str, Any] = {"b_dec": cfg.b_dec_init, "encoder": cfg.encoder_init}
         record |= self._init_thresholds(x)
         if cfg.encoder_init == "fit":
-            scale = self._reconstruction_scale(x)
+            scale = self._reconstruction_scale(x, y)
             self._scale_encoder(scale)
             record["encoder_scale"] = scale
         record |= self._after_scale(x)
@@ -253,16 +298,17 @@ class SAE(nn.Module, abc.ABC):
         """Settings that depend on the final initial weights (e.g. JumpReLU's ε)."""
         return {}
 
-    def _reconstruction_scale(self, x: Tensor) -> float:
-        """The s > 0 minimising ‖(x − b_dec) − s·(x̂ − b_dec)‖² on the sample (SPEC §2.0).
+    def _reconstruction_scale(self, x: Tensor, y: Tensor) -> float:
+        """The s > 0 minimising ‖(y − b_dec) − s·(ŷ − b_dec)‖² on the sample (SPEC §2.0; y = x
+        for an SAE).
 
         f is positively homogeneous in (W_enc, b_enc, θ), so scaling them by s scales x̂ − b_dec
         by s without changing which latents fire; s = 1 when nothing fires.
         """
         numerator = denominator = 0.0
-        for part in x.split(INIT_CHUNK_TOKENS):  # bounded memory at any width
+        for part, want in zip(x.split(INIT_CHUNK_TOKENS), y.split(INIT_CHUNK_TOKENS), strict=True):
             centred, recon = (
-                (part - self.b_dec).double(),
+                (want - self.b_dec).double(),
                 (self.forward(part) - self.b_dec).double(),
             )
             numerator += float((centred * recon).sum())
@@ -331,23 +377,51 @@ class SAE(nn.Module, abc.ABC):
         return f @ self.W_dec + self.b_dec
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.decode(self.encode(x))
+        """x̂ (an SAE) or ŷ (a transcoder, SPEC §2.6) from x."""
+        return self.with_skip(self.decode(self.encode(x)), x)
+
+    def with_skip(self, out: Tensor, x: Tensor) -> Tensor:
+        """out + x W_skipᵀ for a skip transcoder (SPEC §2.6), else out itself."""
+        if not self.cfg.skip_connection:
+            return out
+        return out + x.to(self.W_skip.dtype) @ self.W_skip.T
+
+    def split_target(self, x: Tensor, target: Tensor | None) -> Tensor:
+        """What the objective reconstructs: a transcoder's target (required), else x itself."""
+        if not self.cfg.transcoder:
+            return x
+        if target is None:
+            raise ValueError("a transcoder's train_forward needs target= (y at target_hook_name)")
+        return (
+            target.reshape(-1, target.shape[-1])
+            .to(self.W_dec.dtype)
+            .reshape(*x.shape[:-1], target.shape[-1])
+        )
 
     # ---- training ------------------------------------------------------------------------
     @abc.abstractmethod
     def train_forward(
-        self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        sparsity_coefficient: float,
+        dead_mask: Tensor | None = None,
+        target: Tensor | None = None,
     ) -> TrainOutput:
         """The SPEC §2 objective on normalised x, averaged over the batch.
 
-        dead_mask (d_sae bool) marks latents the trainer considers dead (AuxK, pre-act loss).
+        dead_mask (d_sae bool) marks latents the trainer considers dead (AuxK, pre-act loss);
+        target is a transcoder's normalised y (SPEC §2.6), which it reconstructs instead of x.
         """
 
     def training_loss(
-        self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        sparsity_coefficient: float,
+        dead_mask: Tensor | None = None,
+        target: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """(total loss, {term name: value}) with the STE gradients (DESIGN.md public API)."""
-        out = self.train_forward(x, sparsity_coefficient, dead_mask)
+        out = self.train_forward(x, sparsity_coefficient, dead_mask, target)
         return out.loss, out.terms
 
     @torch.no_grad()
@@ -368,18 +442,27 @@ class SAE(nn.Module, abc.ABC):
 
     # ---- saving --------------------------------------------------------------------------
     @torch.no_grad()
-    def fold_normalization(self, c: float) -> None:
+    def fold_normalization(self, c: float, c_out: float | None = None) -> None:
         """Fold the normalisation constant C into the weights so the SAE takes raw inputs.
 
         SPEC §1: b_enc' = C·b_enc − C·(b_dec·W_enc), b_dec' = C·b_dec, θ' = C·θ, so that
         f'(x) = C·f(x/C) and x̂'(x) = C·x̂(x/C); apply_b_dec_to_input becomes false.
+        A transcoder (SPEC §2.6) has C_y = c_out for its output: ŷ'(x) = C_y·ŷ(x/C), so
+        b_dec' = C_y·b_dec and W_dec, W_skip are multiplied by C_y / C.
         """
         if self.cfg.apply_b_dec_to_input:
             self._fold_b_dec_into_encoder()
             self.cfg.apply_b_dec_to_input = False
         self._scale_encoder_offsets(c)
-        self.b_dec *= c
+        c_out = c if c_out is None else c_out
+        self.b_dec *= c_out
+        if c_out != c:
+            self.W_dec *= c_out / c
+            if self.cfg.skip_connection:
+                self.W_skip *= c_out / c
         self.cfg.normalization_constant *= c
+        if self.cfg.transcoder:
+            self.cfg.target_normalization_constant *= c_out
 
     def _fold_b_dec_into_encoder(self) -> None:
         self.b_enc -= self.b_dec @ self.W_enc

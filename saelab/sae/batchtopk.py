@@ -39,13 +39,13 @@ class BatchTopKSAE(TopKSAE):
         self.threshold.fill_(-1.0)
 
     @torch.no_grad()
-    def initialize_from_data(self, x: Tensor) -> None:
+    def initialize_from_data(self, x: Tensor, target: Tensor | None = None) -> None:
         """SPEC §2.0 init, then θ from the sample (SPEC §2.2): the smallest of the k·N largest
         ReLU(π) over its N tokens, selected as in training, so θ holds before step 0.
 
         Every rank gets the same global sample, so θ agrees across ranks without a collective.
         """
-        super().initialize_from_data(x)
+        super().initialize_from_data(x, target)
         sample = x.reshape(-1, x.shape[-1])[:INIT_SAMPLE_TOKENS]
         count, entries = self.cfg.k * sample.shape[0], sample.shape[0] * self.cfg.d_sae
         # batch_topk_select's cut and smallest from the k·N + 1 largest, a chunk at a time.

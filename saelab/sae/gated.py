@@ -80,19 +80,27 @@ class GatedSAE(SAE):
         return (gate > 0).to(mag.dtype) * mag.relu()
 
     def train_forward(
-        self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        sparsity_coefficient: float,
+        dead_mask: Tensor | None = None,
+        target: Tensor | None = None,
     ) -> TrainOutput:
+        y = self.split_target(x, target)
         gate, mag = self.gate_and_magnitude(x)
         f = (gate > 0).to(mag.dtype) * mag.relu()
-        x_hat = self.decode(f)
+        x_hat = self.with_skip(self.decode(f), x)
         gate_acts = gate.relu()
         if not self.unit_norm_decoder:
             gate_acts = gate_acts * self.W_dec.norm(dim=1)
+        # The auxiliary loss trains the gate only: everything else enters it frozen.
         x_hat_frozen = gate.relu() @ self.W_dec.detach() + self.b_dec.detach()
+        if self.cfg.skip_connection:
+            x_hat_frozen = x_hat_frozen + x.to(self.W_skip.dtype) @ self.W_skip.detach().T
         terms = {
-            "mse_loss": squared_error(x, x_hat),
+            "mse_loss": squared_error(y, x_hat),
             "sparsity_loss": sparsity_coefficient * gate_acts.sum(-1).mean(),
-            "aux_loss": squared_error(x, x_hat_frozen),
+            "aux_loss": squared_error(y, x_hat_frozen),
         }
         return TrainOutput(sum(terms.values()), terms, f, x_hat)
 

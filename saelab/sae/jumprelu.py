@@ -201,12 +201,17 @@ class JumpReLUSAE(SAE):
         return self.cfg.pre_act_coefficient * (gap * norms).sum() / pre.shape[0]
 
     def train_forward(
-        self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        sparsity_coefficient: float,
+        dead_mask: Tensor | None = None,
+        target: Tensor | None = None,
     ) -> TrainOutput:
+        y = self.split_target(x, target)
         dead = dead_mask if dead_mask is not None and bool(dead_mask.any()) else None
         if self.kernels.mode != "dense":
-            return self._kernel_train_forward(x, sparsity_coefficient, dead)
-        return self._dense_objective()(x, sparsity_coefficient, dead)
+            return self._kernel_train_forward(x, y, sparsity_coefficient, dead)
+        return self._dense_objective()(x, y, sparsity_coefficient, dead)
 
     def _dense_objective(self):
         """_dense_train_forward, through torch.compile when the kernel options ask for it."""
@@ -234,31 +239,31 @@ class JumpReLUSAE(SAE):
         return terms
 
     def _dense_train_forward(
-        self, x: Tensor, sparsity_coefficient: float, dead: Tensor | None
+        self, x: Tensor, y: Tensor, sparsity_coefficient: float, dead: Tensor | None
     ) -> TrainOutput:
         """The objective with dense (tokens × latents) tensors: the reference for the kernels."""
-        x2 = x.reshape(-1, x.shape[-1])
+        x2, y2 = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
         with matmul_autocast(x.device, self.kernels.matmul_dtype):
             pre = self.pre_acts(x2)
             f = JumpReLUFunction.apply(pre, self.threshold, self.bandwidth)
-            x_hat = self.decode(f)
+            x_hat = self.with_skip(self.decode(f), x2)
         step = StepFunction.apply(pre, self.threshold, self.bandwidth)
         l0 = step.sum(-1).mean()
         norms = self.W_dec.norm(dim=1) if self.cfg.sparsity_loss == "tanh" else None
         sparsity = self.sparsity_term(l0, f, norms, sparsity_coefficient, x2.shape[0])
         terms = self._terms(
-            x2,
+            y2,
             x_hat,
             sparsity,
             lambda: step.mean(0),
             pre,
             dead,
-            lambda: aux_k_loss(x2, x_hat, pre, self.W_dec, dead, self.k_aux),
+            lambda: aux_k_loss(y2, x_hat, pre, self.W_dec, dead, self.k_aux),
         )
-        return TrainOutput(sum(terms.values()), terms, f, x_hat.reshape(x.shape))
+        return TrainOutput(sum(terms.values()), terms, f, x_hat.reshape(y.shape))
 
     def _kernel_train_forward(
-        self, x: Tensor, sparsity_coefficient: float, dead: Tensor | None
+        self, x: Tensor, y: Tensor, sparsity_coefficient: float, dead: Tensor | None
     ) -> TrainOutput:
         """The objective via saelab.kernels: π once without a graph, then sparse or dense.
 
@@ -269,6 +274,7 @@ class JumpReLUSAE(SAE):
         """
         theta, eps, tanh = self.threshold, self.bandwidth, self.cfg.sparsity_loss == "tanh"
         x2 = x.reshape(-1, x.shape[-1]).to(self.W_dec.dtype)
+        y2 = y.reshape(-1, y.shape[-1]).to(self.W_dec.dtype)
         sae_in, b_dec = self.sparse_sae_input(x2)
         pre = self.dense_pre_acts(sae_in)
         buffer = self.workspace.buffer("window", pre.shape, torch.bool, pre.device)
@@ -278,7 +284,7 @@ class JumpReLUSAE(SAE):
             z = sparse_pre_acts(sae_in, self.W_enc, self.b_enc, pre, pattern, b_dec)
             theta_j = theta[pattern.cols]
             values = JumpReLUFunction.apply(z, theta_j, eps)
-            x_hat = sparse_decode(values, self.W_dec, self.b_dec, pattern)
+            x_hat = self.with_skip(sparse_decode(values, self.W_dec, self.b_dec, pattern), x2)
             step = StepFunction.apply(z, theta_j, eps)
             l0 = step.sum() / x2.shape[0]
             norms = self.W_dec.norm(dim=1)[pattern.cols] if tanh else None
@@ -289,14 +295,14 @@ class JumpReLUSAE(SAE):
                 return counts / x2.shape[0]
 
         elif self.kernels.compile:
-            return self._dense_objective()(x, sparsity_coefficient, dead)
+            return self._dense_objective()(x, y, sparsity_coefficient, dead)
         else:
             self.workspace.release("pre")  # π now lives in the autograd graph: not reused
             dtype = self.kernels.matmul_dtype
             z = dense_pre_acts_with_grad(sae_in, self.W_enc, self.b_enc, pre, b_dec, dtype)
             codes = values = JumpReLUFunction.apply(z, theta, eps)
             with matmul_autocast(x.device, dtype):
-                x_hat = self.decode(codes)
+                x_hat = self.with_skip(self.decode(codes), x2)
             step = StepFunction.apply(z, theta, eps)
             l0 = step.sum(-1).mean()
             norms = self.W_dec.norm(dim=1) if tanh else None
@@ -306,14 +312,14 @@ class JumpReLUSAE(SAE):
 
         sparsity = self.sparsity_term(l0, values, norms, sparsity_coefficient, x2.shape[0])
         terms = self._terms(
-            x2,
+            y2,
             x_hat,
             sparsity,
             frequency,
             pre,
             dead,
             lambda: sparse_aux_k_loss(
-                (x2 - x_hat).detach(),
+                (y2 - x_hat).detach(),
                 sae_in,
                 pre.detach(),
                 dead,
@@ -324,7 +330,7 @@ class JumpReLUSAE(SAE):
                 b_dec,
             ),
         )
-        return TrainOutput(sum(terms.values()), terms, codes, x_hat.reshape(x.shape))
+        return TrainOutput(sum(terms.values()), terms, codes, x_hat.reshape(y.shape))
 
     @torch.no_grad()
     def after_step(self) -> None:

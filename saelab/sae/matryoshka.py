@@ -55,10 +55,16 @@ class MatryoshkaSAE(BatchTopKSAE):
         return len(self.cfg.group_sizes)
 
     def train_forward(
-        self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        sparsity_coefficient: float,
+        dead_mask: Tensor | None = None,
+        target: Tensor | None = None,
     ) -> TrainOutput:
         """The nested loss from one code: each group decoded once, prefixes by cumulative sum."""
+        y = self.split_target(x, target)
         x2 = x.reshape(-1, x.shape[-1]).to(self.W_dec.dtype)
+        y2 = y.reshape(-1, y.shape[-1]).to(self.W_dec.dtype)
         dead = dead_mask if dead_mask is not None and bool(dead_mask.any()) else None
         if self.kernels.sparse_at(self.cfg.k / self.cfg.d_sae):
             sae_in, b_dec = self.sparse_sae_input(x2)
@@ -79,15 +85,17 @@ class MatryoshkaSAE(BatchTopKSAE):
                 partials = self._dense_partials(codes)
 
             def aux(e: Tensor) -> Tensor:
-                return aux_k_loss(x2, x2 - e, pre, self.W_dec, dead, self.k_aux)
+                return aux_k_loss(y2, y2 - e, pre, self.W_dec, dead, self.k_aux)
 
-        prefixes = partials.to(self.W_dec.dtype).cumsum(1) + self.b_dec  # (B, G, d_in)
+        prefixes = partials.to(self.W_dec.dtype).cumsum(1) + self.b_dec  # (B, G, d_out)
+        if self.cfg.skip_connection:  # a skip transcoder's x W_skipᵀ belongs to every prefix
+            prefixes = prefixes + (x2 @ self.W_skip.T).unsqueeze(1)
         x_hat = prefixes[:, -1]
-        nested = sum(squared_error(x2, prefixes[:, g]) for g in range(self.groups))
+        nested = sum(squared_error(y2, prefixes[:, g]) for g in range(self.groups))
         terms = {"mse_loss": nested / self.groups}
         if dead is not None:
-            terms["aux_loss"] = self.cfg.aux_coefficient * aux((x2 - x_hat).detach())
-        return TrainOutput(sum(terms.values()), terms, codes, x_hat.reshape(x.shape))
+            terms["aux_loss"] = self.cfg.aux_coefficient * aux((y2 - x_hat).detach())
+        return TrainOutput(sum(terms.values()), terms, codes, x_hat.reshape(y.shape))
 
     def _dense_partials(self, f: Tensor) -> Tensor:
         """(B, G, d_in): each group's f_group W_dec[group], one decoder pass split by groups."""

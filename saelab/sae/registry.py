@@ -10,6 +10,8 @@ from saelab.sae.base import SAE, SAEConfig
 
 _REGISTRY: dict[str, type[SAE]] = {}
 PROVENANCE_OPTIONS = ("dtype", "model_name", "hook_name", "context_size", "dataset", "metadata")
+# Any architecture can be a transcoder (SPEC §2.6).
+TRANSCODER_OPTIONS = ("d_out", "skip_connection", "target_hook_name")
 
 
 def register(cls: type[SAE]) -> type[SAE]:
@@ -41,15 +43,18 @@ def create_sae(
     """A freshly initialised SAE (SPEC §2 initialisation for the architecture).
 
     options: architecture options (k for topk/batchtopk; bandwidth, init_threshold, ... for
-    jumprelu) and provenance (model_name, hook_name, ...). seed makes the init reproducible.
+    jumprelu), provenance (model_name, hook_name, ...) and, for a transcoder, d_out (with
+    skip_connection, target_hook_name). seed makes the init reproducible.
     """
     cls = sae_class(architecture)
-    allowed = set(cls.options) | set(PROVENANCE_OPTIONS)
+    allowed = set(cls.options) | set(PROVENANCE_OPTIONS) | set(TRANSCODER_OPTIONS)
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(
             f"{architecture} SAE does not take option(s) {unknown}; valid: {sorted(allowed)}"
         )
+    if options.get("d_out") is not None:  # b_dec is an output bias (SPEC §2.6)
+        options.setdefault("apply_b_dec_to_input", False)
     sae = cls(SAEConfig(architecture=architecture, d_in=d_in, d_sae=d_sae, **options))
     with torch.random.fork_rng(devices=[]):
         if seed is not None:

@@ -34,7 +34,7 @@ class ReLUSAE(SAE):
         if not self.unit_norm_decoder:
             with torch.no_grad():
                 self.W_dec *= INIT_DECODER_NORM
-                self.W_enc.copy_(self.W_dec.T)
+                self.W_enc.copy_(self.tied_encoder())
 
     def activation(self, pre: Tensor) -> Tensor:
         return pre.relu()
@@ -43,12 +43,17 @@ class ReLUSAE(SAE):
         return pre.relu_()
 
     def train_forward(
-        self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        sparsity_coefficient: float,
+        dead_mask: Tensor | None = None,
+        target: Tensor | None = None,
     ) -> TrainOutput:
+        y = self.split_target(x, target)
         f = self.encode(x)
-        x_hat = self.decode(f)
+        x_hat = self.with_skip(self.decode(f), x)
         l1 = (f * self.W_dec.norm(dim=1)).sum(-1).mean()
-        terms = {"mse_loss": squared_error(x, x_hat), "sparsity_loss": sparsity_coefficient * l1}
+        terms = {"mse_loss": squared_error(y, x_hat), "sparsity_loss": sparsity_coefficient * l1}
         return TrainOutput(sum(terms.values()), terms, f, x_hat)
 
     def export_state(self):

@@ -53,17 +53,22 @@ class TopKSAE(SAE):
         return pre.zero_().scatter_(-1, idx, top.relu_())
 
     def train_forward(
-        self, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        sparsity_coefficient: float,
+        dead_mask: Tensor | None = None,
+        target: Tensor | None = None,
     ) -> TrainOutput:
+        y = self.split_target(x, target)
         if self.kernels.sparse_at(self.cfg.k / self.cfg.d_sae):
-            return self._sparse_train_forward(x, dead_mask)
+            return self._sparse_train_forward(x, y, dead_mask)
         with matmul_autocast(x.device, self.kernels.matmul_dtype):
             pre = self.pre_acts(x)
             f = self.train_activation(pre)
-            x_hat = self.decode(f)
-        terms = {"mse_loss": squared_error(x, x_hat)}
+            x_hat = self.with_skip(self.decode(f), x)
+        terms = {"mse_loss": squared_error(y, x_hat)}
         if dead_mask is not None and bool(dead_mask.any()):
-            aux = aux_k_loss(x, x_hat, pre, self.W_dec, dead_mask, self.k_aux)
+            aux = aux_k_loss(y, x_hat, pre, self.W_dec, dead_mask, self.k_aux)
             terms["aux_loss"] = self.cfg.aux_coefficient * aux
         return TrainOutput(sum(terms.values()), terms, f, x_hat)
 
@@ -77,19 +82,20 @@ class TopKSAE(SAE):
         """The training activation as (pattern, values) for the sparse kernels."""
         return topk_codes(sae_in, pre, self.cfg.k, self.W_enc, self.b_enc, b_dec)
 
-    def _sparse_train_forward(self, x: Tensor, dead_mask: Tensor | None) -> TrainOutput:
+    def _sparse_train_forward(self, x: Tensor, y: Tensor, dead_mask: Tensor | None) -> TrainOutput:
         """Same objective as train_forward via saelab.kernels: only active latents are touched."""
         x2 = x.reshape(-1, x.shape[-1]).to(self.W_dec.dtype)
+        y2 = y.reshape(-1, y.shape[-1]).to(self.W_dec.dtype)
         sae_in, b_dec = self.sparse_sae_input(x2)
         pre = self.dense_pre_acts(sae_in)
         pattern, values = self.sparse_train_codes(sae_in, pre, b_dec)
-        x_hat = sparse_decode(values, self.W_dec, self.b_dec, pattern)
-        terms = {"mse_loss": squared_error(x2, x_hat)}
+        x_hat = self.with_skip(sparse_decode(values, self.W_dec, self.b_dec, pattern), x2)
+        terms = {"mse_loss": squared_error(y2, x_hat)}
         if dead_mask is not None and bool(dead_mask.any()):
-            e = (x2 - x_hat).detach()
+            e = (y2 - x_hat).detach()
             aux = sparse_aux_k_loss(
                 e, sae_in, pre, dead_mask, self.k_aux, self.W_enc, self.b_enc, self.W_dec, b_dec
             )
             terms["aux_loss"] = self.cfg.aux_coefficient * aux
         codes = SparseCodes(pattern, values)
-        return TrainOutput(sum(terms.values()), terms, codes, x_hat.reshape(x.shape))
+        return TrainOutput(sum(terms.values()), terms, codes, x_hat.reshape(y.shape))

@@ -20,24 +20,30 @@ ALIVE_MEDIAN = ("r_mag",)
 
 @torch.no_grad()
 def resample_dead_latents(
-    sae: SAE, x: Tensor, dead_mask: Tensor, optimizer: torch.optim.Optimizer
+    sae: SAE,
+    x: Tensor,
+    dead_mask: Tensor,
+    optimizer: torch.optim.Optimizer,
+    target: Tensor | None = None,
 ) -> Tensor:
     """Point dead latents at inputs sampled ∝ squared loss; returns their indices (LongTensor).
 
-    Decoder row = the input's direction, encoder column = that direction × 0.2 × the mean alive
-    encoder norm; every other per-latent parameter (sae.latent_parameters()) is re-initialised
-    as above, and the Adam moments of every revived entry are zeroed.
+    Decoder row = the input's direction (a transcoder's: its target's, SPEC §2.6), encoder
+    column = the input's direction × 0.2 × the mean alive encoder norm; every other per-latent
+    parameter (sae.latent_parameters()) is re-initialised as above, and the Adam moments of
+    every revived entry are zeroed.
     """
     dead = dead_mask.nonzero().squeeze(1)
     if dead.numel() == 0:
         return dead
-    loss = (x - sae(x)).pow(2).sum(-1)
+    y = sae.split_target(x, target)
+    loss = (y - sae(x)).pow(2).sum(-1)
     weights = loss.pow(2)
     if float(weights.sum()) == 0:
         weights = torch.ones_like(weights)
     picked = torch.multinomial(weights, dead.numel(), replacement=dead.numel() > x.shape[0])
-    directions = x[picked].to(sae.W_dec.dtype) - sae.b_dec
-    directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    directions = _unit(y[picked].to(sae.W_dec.dtype) - sae.b_dec)
+    read = _unit(x[picked].to(sae.W_dec.dtype)) if sae.cfg.transcoder else directions
     # Statistics of the alive latents (all latents when none is alive), before any change.
     alive = ~dead_mask if bool((~dead_mask).any()) else torch.ones_like(dead_mask)
     enc_norms = sae.W_enc.norm(dim=0)
@@ -49,7 +55,7 @@ def resample_dead_latents(
         if name == "W_dec":
             value = directions * (1.0 if sae.unit_norm_decoder else dec_norm)
         elif name == "W_enc":
-            value = directions.T * enc_norm * ENCODER_SCALE
+            value = read.T * enc_norm * ENCODER_SCALE
         elif name in ZEROED:
             value = param.new_zeros(())
         elif name in SCALED_WITH_ENCODER:
@@ -66,3 +72,8 @@ def resample_dead_latents(
             if key in state:
                 state[key].index_fill_(dim, dead, 0.0)
     return dead
+
+
+def _unit(rows: Tensor) -> Tensor:
+    """Each row divided by its norm (zero rows stay zero)."""
+    return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)

@@ -92,12 +92,12 @@ class SAETrainer:
         self.history: History = []
         self._pending: list[dict[str, Tensor | float]] = []
 
-    def step(self, x: Tensor, step: int) -> None:
-        """One optimizer step on the normalised batch x."""
+    def step(self, x: Tensor, step: int, target: Tensor | None = None) -> None:
+        """One optimizer step on the normalised batch x (and a transcoder's normalised y)."""
         sae, cfg = self.sae, self.config
         lr, lam = self.lr(step), self.sparsity(step)
         dead_mask = self.tracker.dead_mask
-        out = sae.train_forward(x, lam, dead_mask if self.tracker.any_dead() else None)
+        out = sae.train_forward(x, lam, dead_mask if self.tracker.any_dead() else None, target)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         average_gradients(sae.parameters())
@@ -113,12 +113,17 @@ class SAETrainer:
         self.tracker.update(fired, x.shape[0] * world()[1])
         if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
             revived = resample_dead_latents(
-                sae, gather_batch(x), self.tracker.dead_mask, self.optimizer
+                sae,
+                gather_batch(x),
+                self.tracker.dead_mask,
+                self.optimizer,
+                None if target is None else gather_batch(target),
             )
             self.tracker.reset(revived)
-        self._record(step, lr, lam, out, x, dead_mask)
+        self._record(step, lr, lam, out, x if target is None else target, dead_mask)
 
     def _record(self, step: int, lr: float, lam: float, out, x: Tensor, dead_mask: Tensor) -> None:
+        """Queue this step's metrics; x is what the SAE reconstructs (FVU is measured on it)."""
         with torch.no_grad():
             x_hat = out.x_hat
             metrics: dict[str, Tensor | float] = {
@@ -199,11 +204,15 @@ def per_sae_configs(config: TrainConfig | list[TrainConfig] | None, n: int) -> l
     return configs
 
 
+Columns = slice | tuple[slice, slice]
+
+
 class Lockstep:
     """Many SAEs trained on one activation stream; each reads its own columns (its hook).
 
-    columns[i] selects SAE i's features from each batch (several hooks side by side);
-    each column group gets its own normalisation constant C (SPEC §1).
+    columns[i] selects SAE i's features from each batch (several hooks side by side), or for a
+    transcoder a pair (its input's columns, its target's columns: SPEC §2.6); each column group
+    gets its own normalisation constant C (SPEC §1).
     """
 
     def __init__(
@@ -211,19 +220,29 @@ class Lockstep:
         saes: list[SAE],
         configs: list[TrainConfig],
         data: Tensor | Iterable[Tensor],
-        columns: list[slice] | None = None,
+        columns: list[Columns] | None = None,
     ) -> None:
         self.saes, self.configs = saes, configs
         shared = configs[0]
         self.total_steps, self.batch_size = shared.total_steps, shared.batch_size
         self.stream = BatchStream(data, shared.batch_size, shared.seed, shared.device)
-        self.columns = columns or [slice(None)] * len(saes)
+        self.columns = [_pair(c) for c in columns or [slice(None)] * len(saes)]
         width = self.stream.d_in
-        for sae, cols in zip(saes, self.columns, strict=True):
+        for sae, (cols, out) in zip(saes, self.columns, strict=True):
             d = len(range(width)[cols])
             if sae.cfg.d_in != d:
                 raise ValueError(
                     f"{sae.cfg.architecture} SAE has d_in={sae.cfg.d_in} but the data has d_in={d}"
+                )
+            if sae.cfg.transcoder != (out is not None):
+                raise ValueError(
+                    "a transcoder needs target columns and an SAE none "
+                    f"(d_out={sae.cfg.d_out}, target columns {out})"
+                )
+            if out is not None and len(range(width)[out]) != sae.cfg.d_out:
+                raise ValueError(
+                    f"transcoder has d_out={sae.cfg.d_out} but its target columns hold "
+                    f"{len(range(width)[out])} features"
                 )
             sae.to(shared.device).train()
         self.trainers = [SAETrainer(sae, cfg) for sae, cfg in zip(saes, configs, strict=True)]
@@ -233,6 +252,13 @@ class Lockstep:
     def _key(self, cols: slice) -> str:
         return f"{cols.start}:{cols.stop}"
 
+    def _normalised(self, x: Tensor, cols: slice | None) -> Tensor | None:
+        """x's columns divided by their C (None: no target columns)."""
+        return None if cols is None else x[:, cols] / self.norms[self._key(cols)]
+
+    def _constant(self, cols: slice | None) -> float | None:
+        return None if cols is None else self.norms[self._key(cols)]
+
     def prepare(self) -> None:
         """Estimate each column group's C on the first tokens, then per SAE: the data-dependent
         init (SPEC §2.0) for a fresh one, or, for one holding trained weights, unfold its
@@ -240,29 +266,34 @@ class Lockstep:
         torch.manual_seed(self.configs[0].seed)
         shared = self.configs[0]
         sample = self.stream.peek(shared.norm_estimate_tokens).to(shared.device)
-        for sae, cols in zip(self.saes, self.columns, strict=True):
-            key = self._key(cols)
-            if key not in self.norms:
-                self.norms[key] = (
-                    normalization_constant(sample[:, cols]) if shared.normalize else 1.0
-                )
+        for sae, pair in zip(self.saes, self.columns, strict=True):
+            for cols in (c for c in pair if c is not None):
+                key = self._key(cols)
+                if key not in self.norms:
+                    self.norms[key] = (
+                        normalization_constant(sample[:, cols]) if shared.normalize else 1.0
+                    )
+            cols, out = pair
             if sae.needs_data_init:
-                sae.initialize_from_data(sample[:, cols] / self.norms[key])
+                sae.initialize_from_data(
+                    self._normalised(sample, cols), self._normalised(sample, out)
+                )
             else:
-                sae.fold_normalization(1.0 / self.norms[key])
+                c_out = self._constant(out)
+                sae.fold_normalization(1.0 / self.norms[self._key(cols)], c_out and 1.0 / c_out)
 
     def train_step(self) -> None:
         """One batch, one optimizer step for every SAE."""
         x = shard_batch(next(self.stream))
-        for t, cols in zip(self.trainers, self.columns, strict=True):
-            t.step(x[:, cols] / self.norms[self._key(cols)], self.step)
+        for t, (cols, out) in zip(self.trainers, self.columns, strict=True):
+            t.step(self._normalised(x, cols), self.step, self._normalised(x, out))
         self.step += 1
 
     def finish(self) -> None:
         """Flush metrics, fold each C into its SAE (SPEC §1) and switch to eval mode."""
-        for t, cols in zip(self.trainers, self.columns, strict=True):
+        for t, (cols, out) in zip(self.trainers, self.columns, strict=True):
             t.flush()
-            t.sae.fold_normalization(self.norms[self._key(cols)])
+            t.sae.fold_normalization(self.norms[self._key(cols)], self._constant(out))
             t.sae.eval()
 
     def latest_metrics(self) -> list[dict[str, float]]:
@@ -287,6 +318,11 @@ class Lockstep:
         torch.set_rng_state(state["torch_rng"])
 
 
+def _pair(columns: Columns) -> tuple[slice, slice | None]:
+    """(input columns, target columns or None) of a Lockstep column spec."""
+    return columns if isinstance(columns, tuple) else (columns, None)
+
+
 def train(
     sae_or_list: SAE | list[SAE],
     data: Tensor | Iterable[Tensor],
@@ -294,7 +330,8 @@ def train(
 ) -> History | list[History]:
     """Train one SAE (or several in lockstep on the same batches); returns per-step metrics.
 
-    data: a tensor (N, d_in), an iterable of (B, d_in) batches, or an activation store.
+    data: a tensor (N, d_in), an iterable of (B, d_in) batches, or an activation store; for
+    a transcoder (SPEC §2.6) each row is its input and then its target, (N, d_in + d_out).
     config: one TrainConfig, or one per SAE (e.g. a sparsity sweep) agreeing on the data stream.
     Inputs are normalised by C (SPEC §1) during training; C is folded into every SAE when it
     returns, so each SAE then works on raw activations.
@@ -303,7 +340,13 @@ def train(
     if not saes:
         raise ValueError("train() needs at least one SAE")
     configs = per_sae_configs(config, len(saes))
-    run = Lockstep(saes, configs, data)
+    columns: list[Columns] = [
+        (slice(0, s.cfg.d_in), slice(s.cfg.d_in, s.cfg.d_in + s.cfg.out_dim))
+        if s.cfg.transcoder
+        else slice(None)
+        for s in saes
+    ]
+    run = Lockstep(saes, configs, data, columns)
     _warn_about_budget(configs[0], data, run.total_steps * run.batch_size)
     run.prepare()
     names = [

@@ -195,8 +195,8 @@ def test_two_saes_with_different_kernel_options_train_side_by_side():
         sae.kernels = KernelOptions(mode=mode)
         paths = []
 
-        def recorded(x, lam, dead=None, forward=sae.train_forward, paths=paths):
-            out = forward(x, lam, dead)
+        def recorded(x, lam, dead=None, target=None, forward=sae.train_forward, paths=paths):
+            out = forward(x, lam, dead, target)
             paths.append(isinstance(out.codes, SparseCodes))
             return out
 

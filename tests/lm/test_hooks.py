@@ -59,6 +59,18 @@ def test_attn_and_mlp_outputs_add_up_to_the_residual_stream(lm):
             torch.testing.assert_close(total, get("hook_resid_post"))
 
 
+def test_mlp_in_is_what_the_mlp_reads(lm):
+    """hook_mlp_in through the MLP (and Gemma's post-norm) gives hook_mlp_out: a transcoder's pair."""
+    acts = lm.activations(_input_ids(), lm.hook_names())
+    layout = family_layout(lm.model)
+    with torch.no_grad():
+        for layer, block in enumerate(decoder_layers(lm.model, layout)):
+            out = block.get_submodule(layout.mlp)(acts[f"blocks.{layer}.hook_mlp_in"])
+            if layout.mlp_out != layout.mlp:
+                out = block.get_submodule(layout.mlp_out)(out)
+            torch.testing.assert_close(out, acts[f"blocks.{layer}.hook_mlp_out"])
+
+
 def test_hook_names_cover_every_layer_and_kind(lm):
     names = lm.hook_names()
     kinds = {name.split(".", 2)[2] for name in names}
