@@ -98,7 +98,7 @@ def run_analyze_command(
             "corpus": source.spec, "top_k": config.top_k, "quantiles": config.quantiles,
             "saelab_version": version("saelab"), "created": datetime.now(UTC).isoformat(),
             "overview": overview(acc, text),
-        })  # fmt: skip
+        } | ({"target_hook": sae.cfg.target_hook_name} if sae.cfg.transcoder else {}))  # fmt: skip
         db.write_latents(rows)
         db.write_examples(examples)
         plots = out.parent / "plots"

@@ -61,6 +61,20 @@ def resolve_provenance(
     return model, hook
 
 
+def spliced_hook(sae: SAE, hook: str) -> str:
+    """Where the SAE's output replaces the LM's activation: `hook` (its input), or for a
+    transcoder its target hook (SPEC §2.6), reading `hook`, which becomes its recorded input."""
+    if not sae.cfg.transcoder:
+        return hook
+    if not sae.cfg.target_hook_name:
+        raise ValueError(
+            "this transcoder's cfg.json records no target_hook_name: the hook it predicts is "
+            "unknown, so it cannot be spliced in"
+        )
+    sae.cfg.hook_name = hook
+    return sae.cfg.target_hook_name
+
+
 def run_eval_command(
     *,
     path: Path,
@@ -87,20 +101,23 @@ def run_eval_command(
     start = time.perf_counter()
     sae = load_sae(path)
     model_name, hook_name = resolve_provenance(sae, path, model, hook)
+    splice = spliced_hook(sae, hook_name)
     source = load_corpus(corpus)
     lm = load_model(model_name, device=device, dtype=dtype)
     resolve_hook(lm.model, hook_name)
     sae.to(lm.device)
     context_size = context_size or sae.cfg.context_size or DEFAULT_CONTEXT_SIZE
     settings = EvalSettings(source, tokens, context_size, batch_size, seed)
-    eval_config = settings.eval_config(model_name, hook_name, str(lm.device), dtype_name(lm.dtype))
+    eval_config = settings.eval_config(
+        model_name, splice, str(lm.device), dtype_name(lm.dtype), input_hook=hook_name
+    )
     batches = heldout_batches(
         source, lm.tokenizer, tokens, context_size=context_size, batch_size=batch_size, seed=seed
     )
     held = list(batches)  # small (token ids): checked against a cached reference's tokens
-    ref_path, reference = find_reference(lm, hook_name, eval_config, held, reuse_reference)
+    ref_path, reference = find_reference(lm, splice, eval_config, held, reuse_reference)
     evaluator = SplicedEvaluator(
-        sae, lm, hook_name, record_reference=ref_path is not None and reference is None
+        sae, lm, splice, record_reference=ref_path is not None and reference is None
     )
     done = 0
     with token_progress("evaluating", tokens) as on_progress:

@@ -94,12 +94,16 @@ def evaluate(
 ) -> dict[str, float]:
     """SPEC §3 tensor metrics of `sae` on activations (a tensor or an iterable of batches).
 
-    Keys: l0, l1, mse, mse_per_element, fvu, explained_variance, cosine, shrinkage,
-    dead_fraction, dense_fraction, n_tokens. BOS/pad positions must already be excluded.
+    For a transcoder (SPEC §2.6) each row is its input and then its target, [x | y] as in
+    saelab.train, and the reconstruction metrics compare ŷ with y. Keys: l0, l1, mse,
+    mse_per_element, fvu, explained_variance, cosine, shrinkage, dead_fraction, dense_fraction,
+    n_tokens. BOS/pad positions must already be excluded.
     """
     acc = MetricsAccumulator(sae.cfg.d_sae)
+    d_in = sae.cfg.d_in
     for batch in iter_batches(activations, batch_size):
-        x = batch.to(sae.device)
+        rows = batch.to(sae.device)
+        x, y = (rows[:, :d_in], rows[:, d_in:]) if sae.cfg.transcoder else (rows, rows)
         f = sae.encode(x)
-        acc.update(x, f, sae.decode(f))
+        acc.update(y, f, sae.with_skip(sae.decode(f), x))
     return acc.result()

@@ -12,7 +12,7 @@ from saelab.data.progress import token_progress
 from saelab.evals.command import save_eval
 from saelab.evals.reference import find_reference, save_reference
 from saelab.evals.settings import EvalSettings
-from saelab.evals.spliced import MultiSplicedEvaluator
+from saelab.evals.spliced import MultiSplicedEvaluator, input_hook
 from saelab.evals.tokens import heldout_batches
 from saelab.lm.dtypes import dtype_name
 from saelab.lm.model import LanguageModel
@@ -21,7 +21,8 @@ from saelab.sae import SAE
 
 @dataclass
 class EvalTarget:
-    """One SAE to evaluate: its name, hook, where it was loaded from and its eval.json path."""
+    """One SAE to evaluate: its name, the hook it is spliced in at (a transcoder's target hook,
+    SPEC §2.6), where it was loaded from and its eval.json path."""
 
     name: str
     sae: SAE
@@ -103,7 +104,9 @@ def evaluate_targets(
                 reports[target.name], _ = save_eval(
                     target.out, metrics=evaluator.result(j), tensor=evaluator.tensors[j],
                     sae=target.sae, sae_path=target.sae_path,
-                    eval_config=settings.eval_config(model_name, hook, device, dtype),
+                    eval_config=settings.eval_config(
+                        model_name, hook, device, dtype, input_hook(target.sae, hook)
+                    ),
                     started=start,
                 )  # fmt: skip
             except (ValueError, OSError, RuntimeError) as error:

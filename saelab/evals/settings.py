@@ -11,8 +11,8 @@ from saelab.evals.tokens import document_tokens
 # eval.json eval_config keys that decide whether an existing evaluation can be reused
 # (the device is left out: the same settings on another device give the same metrics).
 SETTING_KEYS = (
-    "model", "hook", "corpus", "split", "tokens", "document_tokens", "context_size", "batch_size",
-    "seed",
+    "model", "hook", "input_hook", "corpus", "split", "tokens", "document_tokens", "context_size",
+    "batch_size", "seed",
 )  # fmt: skip
 
 
@@ -26,9 +26,12 @@ class EvalSettings:
     batch_size: int
     seed: int = 0
 
-    def eval_config(self, model: str, hook: str, device: str, dtype: str) -> dict[str, Any]:
-        """The eval.json eval_config (docs/eval-schema.md) of one SAE at `hook`."""
-        return {
+    def eval_config(
+        self, model: str, hook: str, device: str, dtype: str, input_hook: str | None = None
+    ) -> dict[str, Any]:
+        """The eval.json eval_config (docs/eval-schema.md) of one SAE spliced in at `hook`
+        (reading `input_hook` when it is a transcoder's other hook, SPEC §2.6)."""
+        config = {
             "model": model,
             "hook": hook,
             "corpus": self.corpus.spec,
@@ -41,6 +44,9 @@ class EvalSettings:
             "device": device,
             "dtype": dtype,
         }
+        if input_hook is not None and input_hook != hook:
+            config["input_hook"] = input_hook
+        return config
 
 
 def same_settings(found: dict[str, Any], wanted: dict[str, Any]) -> bool:

@@ -39,6 +39,15 @@ def _spliced(activation: Tensor, mask: Tensor, values: Tensor) -> Tensor:
     return out
 
 
+def input_hook(sae: SAE, hook: str) -> str:
+    """The hook an SAE spliced in at `hook` reads: `hook`, or a transcoder's input hook."""
+    if not sae.cfg.transcoder:
+        return hook
+    if sae.cfg.hook_name is None:
+        raise ValueError("this transcoder's cfg.json has no hook_name: its input hook is unknown")
+    return sae.cfg.hook_name
+
+
 def _total(values: Tensor) -> float:
     """Sum in float64 (the sums run over all evaluated tokens)."""
     return float(values.double().sum())
@@ -90,7 +99,9 @@ class MultiSplicedEvaluator:
         self.shared_sums = {"ce_clean": 0.0, "ce_zero": 0.0}
         self.sae_sums = [{"ce_sae": 0.0, "kl": 0.0} for _ in self.saes]
         self.n_predictions = 0
-        self._prefix = SharedPrefix(lm.model, hook)
+        # What each SAE reads: the hook itself, or a transcoder's input hook (SPEC §2.6).
+        self.reads = [input_hook(sae, hook) for sae in self.saes]
+        self._prefix = SharedPrefix(lm.model, hook, [r for r in self.reads if r != hook])
         head = lm.model.get_output_embeddings()
         self._chunk_rows = max(1, LOGIT_CHUNK_ELEMENTS // head.weight.shape[0])
         self.reference_batches: list[ReferenceBatch] | None = (
@@ -109,17 +120,22 @@ class MultiSplicedEvaluator:
         self.failed[index] = f"{type(error).__name__}: {error}"
 
     def _splice(self, index: int, x: Tensor, mask: Tensor) -> Tensor:
-        """Final hidden states with SAE `index`'s x̂ at the hook; updates its tensor metrics."""
-        sae = self.saes[index]
-        if x.shape[-1] != sae.cfg.d_in:
-            raise ValueError(
-                f"SAE d_in={sae.cfg.d_in} does not match the width {x.shape[-1]} of hook "
-                f"{self.hook!r} on model {self.lm.name!r}."
-            )
-        x_in = x[mask].to(sae.device)
+        """Final hidden states with SAE `index`'s x̂ (a transcoder's ŷ) at the hook; updates its
+        tensor metrics, which compare x̂ with the hook's clean activation."""
+        sae, read = self.saes[index], self.reads[index]
+        source = x if read == self.hook else self._prefix.inputs[read]
+        widths = (("d_in", read, source, sae.cfg.d_in), ("d_out", self.hook, x, sae.cfg.out_dim))
+        for field, name, have, want in widths:
+            if have.shape[-1] != want:
+                raise ValueError(
+                    f"SAE {field}={want} does not match the width {have.shape[-1]} of hook "
+                    f"{name!r} on model {self.lm.name!r}."
+                )
+        x_in = source[mask].to(sae.device)
         f = sae.encode(x_in)
-        x_hat = sae.decode(f)
-        self.tensors[index].update(x_in, f, x_hat)  # SPEC §3 tensor metrics, BOS/EOS/pad excluded
+        x_hat = sae.with_skip(sae.decode(f), x_in)
+        target = x_in if read == self.hook else x[mask].to(sae.device)
+        self.tensors[index].update(target, f, x_hat)  # SPEC §3 tensor metrics, BOS/EOS/pad excluded
         x_hat = x_hat.to(x.device)
         return self._prefix.replaced(lambda a: _spliced(a, mask, x_hat))
 

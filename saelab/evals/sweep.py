@@ -51,6 +51,11 @@ class PlannedMember:
     sparsity: float | None
     k: int | None
     directory: Path
+    target_hook: str | None = None  # a transcoder's: where it is spliced in (SPEC §2.6)
+
+    @property
+    def spliced(self) -> str:
+        return self.target_hook or self.hook
 
     @property
     def sae_dir(self) -> Path:
@@ -85,7 +90,13 @@ def plan_members(cfg: RunConfig) -> list[PlannedMember]:
     layout = member_layout(cfg, Path(cfg.out))
     return [
         PlannedMember(
-            name, hook, arch, None if arch in TOPK_ARCHS else sparsity, options.get("k"), directory
+            name,
+            hook,
+            arch,
+            None if arch in TOPK_ARCHS else sparsity,
+            options.get("k"),
+            directory,
+            cfg.target_hook,
         )
         for (name, directory), (hook, arch, options, sparsity) in zip(
             layout, cfg.sweep(), strict=True
@@ -213,7 +224,9 @@ def run_sweep(
     model_name = first.model_name or cfg.model
     device = cfg.train_config(None, None).device
     dtype = dtype_name(parse_dtype(cfg.model_dtype))
-    wanted = {m.name: settings.eval_config(model_name, m.hook, device, dtype) for m in members}
+    wanted = {
+        m.name: settings.eval_config(model_name, m.spliced, device, dtype, m.hook) for m in members
+    }
     pending = [m for m in members if not _reusable(m, wanted[m.name])]
     failures: dict[str, str] = {}
     if pending:
@@ -266,8 +279,8 @@ def _evaluate(
     from saelab.lm.loading import load_model
 
     lm = load_model(model_name, device=device, dtype=model_dtype)
-    for hook in {m.hook for m in pending}:
+    for hook in {h for m in pending for h in (m.hook, m.spliced)}:
         resolve_hook(lm.model, hook)
-    targets = [EvalTarget(m.name, saes[m.name], m.hook, m.sae_dir, m.eval_file) for m in pending]
+    targets = [EvalTarget(m.name, saes[m.name], m.spliced, m.sae_dir, m.eval_file) for m in pending]
     _, failures = evaluate_targets(lm, model_name, targets, settings, log)
     return failures

@@ -6,6 +6,8 @@ so only the edited latents change the activation and an unchanged code leaves it
 - "add":    f'_i = f_i + α_i, i.e. x' = x + Σ α_i d_i (no encoding needed);
 - "clamp":  f'_i = v_i;
 - "ablate": f'_i = 0 (the given values are ignored).
+A transcoder (SPEC §2.6) encodes x at its input hook and writes at its target hook, so there
+y' = y + (f'(x) − f(x)) W_dec: its latents are edited where their output enters the model.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from saelab.data import sae_token_mask, special_token_ids
-from saelab.lm.intervene import replace_activation
+from saelab.lm.intervene import observe, replace_activation
 from saelab.lm.model import LanguageModel
 from saelab.sae import SAE
 
@@ -37,8 +39,11 @@ def check_latents(sae: SAE, latents: Mapping[int, float], mode: str) -> None:
         )
 
 
-def edit_activation(sae: SAE, x: Tensor, latents: Mapping[int, float], mode: str) -> Tensor:
-    """x' = x + (f' − f) W_dec for activations x (..., d_in), in x's dtype (module docstring)."""
+def edit_activation(
+    sae: SAE, x: Tensor, latents: Mapping[int, float], mode: str, source: Tensor | None = None
+) -> Tensor:
+    """x' = x + (f' − f) W_dec for activations x (..., d_out), in x's dtype (module docstring);
+    f is encoded from `source`, a transcoder's input at the same positions (default: x)."""
     keys = sorted(int(i) for i in latents)
     index = torch.tensor(keys, device=sae.device, dtype=torch.long)
     values = torch.tensor([float(latents[i]) for i in keys], device=sae.device)
@@ -47,7 +52,8 @@ def edit_activation(sae: SAE, x: Tensor, latents: Mapping[int, float], mode: str
     if mode == "add":
         change = values.to(directions.dtype).expand(*x_sae.shape[:-1], len(index))
     else:
-        current = sae.encode(x_sae)[..., index]
+        read = x_sae if source is None else source.to(device=sae.device, dtype=sae.W_dec.dtype)
+        current = sae.encode(read)[..., index]
         target = torch.zeros_like(current) if mode == "ablate" else values.to(current.dtype)
         change = target - current
     return (x_sae + change @ directions).to(device=x.device, dtype=x.dtype)
@@ -79,6 +85,8 @@ def latent_intervention(
 ) -> Iterator[None]:
     """Within the block, every forward of lm edits the SAE latents at `hook` (module docstring).
 
+    `hook` is the one the SAE reads; a transcoder's edits land at its target hook.
+
     Positions holding BOS/EOS/pad keep their clean activation (as in SPEC §3's spliced runs);
     with from_position, so do tokens whose absolute index is below it. That index is the token's
     position as the model itself counts it (`forward_positions`): also right in cached
@@ -89,8 +97,13 @@ def latent_intervention(
     check_latents(sae, latents, mode)
     if from_position is not None and from_position < 0:
         raise ValueError(f"from_position must be ≥ 0, got {from_position}.")
+    write = hook
+    if sae.cfg.transcoder:
+        if not sae.cfg.target_hook_name:
+            raise ValueError("this transcoder records no target_hook_name: nowhere to edit")
+        write = sae.cfg.target_hook_name
     excluded = special_token_ids(lm.tokenizer)
-    state: dict[str, object] = {"positions": 0, "ids": None}
+    state: dict[str, object] = {"positions": 0, "ids": None, "input": None}
 
     def track(_module: nn.Module, args: tuple, kwargs: dict) -> None:
         state["positions"] = forward_positions(kwargs)
@@ -108,12 +121,19 @@ def latent_intervention(
         if not mask.any():
             return activation
         out = activation.clone()
-        out[mask] = edit_activation(sae, activation[mask], latents, mode)
+        source = state["input"][mask] if write != hook else None
+        out[mask] = edit_activation(sae, activation[mask], latents, mode, source)
         return out
 
-    handle = lm.model.register_forward_pre_hook(track, with_kwargs=True)
+    def keep_input(activation: Tensor) -> None:
+        state["input"] = activation
+
+    handles = [lm.model.register_forward_pre_hook(track, with_kwargs=True)]
+    if write != hook:
+        handles.append(observe(lm.model, hook, keep_input))
     try:
-        with replace_activation(lm.model, hook, edit):
+        with replace_activation(lm.model, write, edit):
             yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from saelab.lm.hooks import decoder_layers, family_layout, resolve_hook
+from saelab.lm.hooks import decoder_layers, family_layout, hook_names, resolve_hook
 from saelab.lm.intervene import ActivationFn, observe, record_activations, replace_activation
 from saelab.lm.logits import final_hidden_states
 
@@ -55,12 +55,25 @@ class SharedPrefix:
     """Forwards of one input with the activation at `hook` replaced, sharing the earlier layers.
 
     Call clean(input_ids) (or prefix(input_ids), which stops at the hook) first; each
-    replaced(fn) then reruns only the layers from the hook on.
+    replaced(fn) then reruns only the layers from the hook on. `inputs` are earlier hooks whose
+    clean activations that forward also keeps, in `self.inputs` (a transcoder's input, SPEC
+    §2.6: replacing `hook` does not change them).
     """
 
-    def __init__(self, model: nn.Module, hook: str) -> None:
+    def __init__(self, model: nn.Module, hook: str, inputs: Sequence[str] = ()) -> None:
         self.model = model
         self.hook = hook
+        order = hook_names(model)
+        resolve_hook(model, hook)
+        for name in inputs:
+            resolve_hook(model, name)
+            if order.index(name) >= order.index(hook):
+                raise ValueError(
+                    f"input hook {name!r} does not come before {hook!r} in the forward; a "
+                    "transcoder reads an earlier hook than the one it replaces"
+                )
+        self.input_hooks = [name for name in dict.fromkeys(inputs) if name != hook]
+        self.inputs: dict[str, torch.Tensor] = {}
         depth = prefix_depth(model, hook)
         self._layers = list(decoder_layers(model, family_layout(model))[:depth])
         self._input_ids: torch.Tensor | None = None
@@ -88,9 +101,10 @@ class SharedPrefix:
         """Unmodified forward: (activation at the hook, final hidden states), both (batch, seq, d)."""
         with (
             self._remembering(input_ids),
-            record_activations(self.model, self.hook) as recorded,
+            record_activations(self.model, [*self.input_hooks, self.hook]) as recorded,
         ):
             hidden = final_hidden_states(self.model, input_ids)
+        self.inputs = {name: recorded[name] for name in self.input_hooks}
         return recorded[self.hook], hidden
 
     def prefix(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -103,7 +117,10 @@ class SharedPrefix:
 
         # The prefix output is kept before the hook stops the forward: a hook_resid_post hook
         # sits on the same layer's output, and hooks run in the order they were added.
-        with self._remembering(input_ids):
+        with (
+            self._remembering(input_ids),
+            record_activations(self.model, self.input_hooks) as inputs,
+        ):
             handle = observe(self.model, self.hook, stop)
             try:
                 self.model(input_ids=input_ids, use_cache=False)
@@ -111,6 +128,7 @@ class SharedPrefix:
                 pass
             finally:
                 handle.remove()
+        self.inputs = dict(inputs)
         return recorded[0]
 
     def replaced(self, fn: ActivationFn) -> torch.Tensor:

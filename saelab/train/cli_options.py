@@ -29,6 +29,20 @@ Hook = Annotated[
     list[str] | None,
     typer.Option(help="Hook point (TransformerLens name); repeat for several hooks."),
 ]
+TargetHook = Annotated[
+    str | None,
+    typer.Option(
+        help="Train transcoders (SPEC §2.6): each SAE reads its --hook and predicts this hook, "
+        "e.g. --hook blocks.6.hook_mlp_in --target-hook blocks.6.hook_mlp_out (default: SAEs)."
+    ),
+]
+SkipConnection = Annotated[
+    bool | None,
+    typer.Option(
+        "--skip-connection/--no-skip-connection",
+        help="Transcoders only: add a learned linear skip x W_skipᵀ to ŷ (default: off).",
+    ),
+]
 Corpus = Annotated[
     str | None,
     typer.Option(
@@ -159,7 +173,8 @@ Resume = Annotated[
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
 TRAIN_FLAGS: dict[str, Any] = {
-    "model": Model, "hook": Hook, "corpus": Corpus, "cache": Cache, "arch": Arch, "width": Width,
+    "model": Model, "hook": Hook, "target_hook": TargetHook, "skip_connection": SkipConnection,
+    "corpus": Corpus, "cache": Cache, "arch": Arch, "width": Width,
     "tokens": Tokens, "batch_size": BatchSize, "lr": Lr, "sparsity": Sparsity, "k": K,
     "target_l0": TargetL0, "sparsity_loss": SparsityLoss, "group_sizes": GroupSizes,
     "recipe": Recipe,
@@ -226,7 +241,8 @@ def run_config_from_flags(*, resume: Path | None, config: Path | None, **flags: 
     if f["group_sizes"] is not None:
         arch_options["matryoshka"] = {"group_sizes": _ints(f["group_sizes"])}
     return resolve_run_config(config, {
-        "model": f["model"], "hooks": f["hook"] or None, "corpus": f["corpus"],
+        "model": f["model"], "hooks": f["hook"] or None, "target_hook": f["target_hook"],
+        "skip_connection": f["skip_connection"], "corpus": f["corpus"],
         "cache": f["cache"], "archs": f["arch"].split(",") if f["arch"] else None,
         "width": f["width"], "tokens": f["tokens"], "batch_size": f["batch_size"], "lr": f["lr"],
         "sparsity": _sparsity(f["sparsity"]), "k": _ints(f["k"]),

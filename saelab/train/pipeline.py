@@ -23,7 +23,7 @@ from saelab.train.distributed import any_rank, barrier, init_from_env, is_main, 
 from saelab.train.outputs import MetricsWriter, final_metrics, plot_training_curves
 from saelab.train.progress import TrainProgress
 from saelab.train.run_config import RunConfig
-from saelab.train.trainer import Lockstep
+from saelab.train.trainer import Columns, Lockstep
 
 CONFIG_FILE = "config.yaml"
 BYTES_PER_PARAM = 16  # fp32 weight + gradient + two Adam moments
@@ -51,7 +51,7 @@ class SweepMember:
     hook: str
     sae: SAE
     directory: Path
-    columns: slice
+    columns: Columns
     # After training, on the main process: outputs.final_metrics of the member's metrics.jsonl.
     final: dict[str, float] | None = None
 
@@ -74,22 +74,22 @@ def open_activations(cfg: RunConfig, base: TrainConfig):
 
     batch_size, seed, device = base.batch_size, base.seed, base.device
     if cfg.cache:
-        cache = ActivationCache(cfg.cache, model=cfg.model, hooks=cfg.hooks)
+        cache = ActivationCache(cfg.cache, model=cfg.model, hooks=cfg.data_hooks())
         store = ActivationStore.from_cache(
-            cache, hook=cfg.hooks, batch_size=batch_size, seed=seed, device=device
+            cache, hook=cfg.data_hooks(), batch_size=batch_size, seed=seed, device=device
         )
         return store, cache.config["model"], cache.tokens
     from saelab.lm import load_model
 
     lm = load_model(cfg.model, device=device, dtype=cfg.model_dtype)
     names = lm.hook_names()
-    for hook in cfg.hooks:
+    for hook in cfg.data_hooks():
         if hook not in names:
             raise ValueError(f"hook: {hook!r} is not a hook of {cfg.model}; valid: {names}")
     # The LM runs over only the tokens the run reads: its steps, and the SPEC §1 sample for C.
     needed = max(base.total_steps * batch_size, base.norm_estimate_tokens)
     store = ActivationStore.from_model(
-        lm, cfg.hooks, cfg.corpus, batch_size=batch_size, context_size=cfg.context_size,
+        lm, cfg.data_hooks(), cfg.corpus, batch_size=batch_size, context_size=cfg.context_size,
         model_batch_size=cfg.model_batch_size, buffer_tokens=min(MODEL_MIX_TOKENS, needed),
         seed=seed, max_tokens=needed, device=device,
     )  # fmt: skip
@@ -132,16 +132,25 @@ def build_members(cfg: RunConfig, d_per_hook: int, model_name: str, out: Path) -
     sweep = cfg.sweep()
     members = []
     layout = member_layout(cfg, out)
+    hooks = cfg.data_hooks()
+
+    def cols(hook: str) -> slice:
+        h = hooks.index(hook)
+        return slice(h * d_per_hook, (h + 1) * d_per_hook)
+
+    transcoder = {}
+    if cfg.target_hook:  # SPEC §2.6: every member predicts the target hook from its own
+        transcoder = {"d_out": d_per_hook, "skip_connection": cfg.skip_connection}
+        transcoder["target_hook_name"] = cfg.target_hook
     for i, (hook, arch, options, _) in enumerate(sweep):
         name, directory = layout[i]
         sae = create_sae(
             arch, d_per_hook, width, seed=seed + i, model_name=model_name, hook_name=hook,
-            context_size=cfg.context_size, dataset=cfg.corpus if not cfg.cache else cfg.cache, **options,
+            context_size=cfg.context_size, dataset=cfg.corpus if not cfg.cache else cfg.cache,
+            **options, **transcoder,
         )  # fmt: skip
-        h = cfg.hooks.index(hook)
-        members.append(
-            SweepMember(name, hook, sae, directory, slice(h * d_per_hook, (h + 1) * d_per_hook))
-        )
+        columns = (cols(hook), cols(cfg.target_hook)) if cfg.target_hook else cols(hook)
+        members.append(SweepMember(name, hook, sae, directory, columns))
     return members
 
 
@@ -218,7 +227,7 @@ def run_training(
             (warn if explicit else log)(rounded)
         if available and (cycled := cycling_message(f"the cache {cfg.cache}", available, trained)):
             warn(cycled)
-    d_per_hook = store.d_in // len(cfg.hooks)
+    d_per_hook = store.d_in // len(cfg.data_hooks())
     members = build_members(cfg, d_per_hook, model_name, out)
     report = check_memory(members, base.batch_size, base.device, cfg.max_memory_gb)
     if main:

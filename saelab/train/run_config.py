@@ -30,6 +30,9 @@ class RunConfig:
     out: str = "runs/run"
     model: str | None = None
     hooks: list[str] = field(default_factory=list)
+    # Transcoders (SPEC §2.6): every SAE reads its hook and predicts this hook's activations.
+    target_hook: str | None = None
+    skip_connection: bool = False
     corpus: str = "python-stdlib"
     cache: str | None = None
     archs: list[str] = field(default_factory=lambda: ["jumprelu"])
@@ -53,6 +56,13 @@ class RunConfig:
         """Fail before any work, naming the field and the valid values."""
         if not self.hooks:
             raise ValueError("hooks: give at least one hook (e.g. --hook blocks.6.hook_resid_post)")
+        if self.target_hook is not None and self.target_hook in self.hooks:
+            raise ValueError(
+                f"target_hook: {self.target_hook!r} is also an input hook; a transcoder reads "
+                "one hook and predicts another (or drop --target-hook for an SAE)"
+            )
+        if self.skip_connection and self.target_hook is None:
+            raise ValueError("skip_connection: needs a transcoder (give --target-hook)")
         if self.model is None and self.cache is None:
             raise ValueError("model/cache: give --model (activations computed live) or --cache DIR")
         for arch in self.archs:
@@ -132,6 +142,10 @@ class RunConfig:
                     member = options | ({"target_l0": t} if t is not None else {})
                     runs += [(hook, arch, member, s) for s in (self.sparsity_for(arch) or [None])]
         return runs
+
+    def data_hooks(self) -> list[str]:
+        """The hooks the run reads, side by side: the input hooks, then any target hook."""
+        return [*self.hooks, *([self.target_hook] if self.target_hook else [])]
 
     def sparsity_for(self, arch: str) -> list[float]:
         """The λ values of one architecture (the shared list, or its entry in the per-arch map)."""

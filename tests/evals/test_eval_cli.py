@@ -169,3 +169,31 @@ def test_help_lists_every_option():
                    "--device", "--dtype", "--seed", "--out", "--json", "--probing",
                    "--probing-tokens"):  # fmt: skip
         assert option in result.output
+
+
+def test_eval_of_a_transcoder_splices_its_target_hook(tiny_model, tmp_path):
+    """SPEC §2.6: ŷ from blocks.1.hook_mlp_in replaces blocks.1.hook_mlp_out."""
+    tc = saelab.create_sae(
+        "topk", 64, 128, k=8, seed=0, d_out=64, model_name=str(tiny_model("llama")),
+        hook_name="blocks.1.hook_mlp_in", target_hook_name="blocks.1.hook_mlp_out",
+    )  # fmt: skip
+    path = tc.save(tmp_path / "tc")
+    result = _invoke(str(path), *FAST)
+    assert result.exit_code == 0, result.output
+    config = json.loads((path / "eval.json").read_text())["eval_config"]
+    assert (config["hook"], config["input_hook"]) == (
+        "blocks.1.hook_mlp_out",
+        "blocks.1.hook_mlp_in",
+    )
+    no_target = saelab.create_sae(
+        "topk",
+        64,
+        128,
+        k=8,
+        d_out=64,
+        model_name=str(tiny_model("llama")),
+        hook_name="blocks.1.hook_mlp_in",
+    )
+    failed = _invoke(str(no_target.save(tmp_path / "bad")), *FAST)
+    assert failed.exit_code == 1 and "records no target_hook_name" in failed.output
+    assert "Traceback" not in failed.output

@@ -205,3 +205,64 @@ def test_chunked_logits_give_the_same_result(tiny_lm, ids, monkeypatch):
 def test_mismatched_sae_width_is_named(tiny_lm, ids):
     with pytest.raises(ValueError, match=r"d_in=32 .* width 64 of hook 'blocks\.1"):
         _evaluate(saelab.create_sae("topk", 32, 64, k=4), tiny_lm, ids)
+
+
+MLP_IN, MLP_OUT = "blocks.1.hook_mlp_in", "blocks.1.hook_mlp_out"
+
+
+def _transcoder(skip: bool) -> saelab.SAE:
+    sae = saelab.create_sae(
+        "topk", 64, 256, k=8, seed=0, d_out=64, skip_connection=skip,
+        hook_name=MLP_IN, target_hook_name=MLP_OUT,
+    )  # fmt: skip
+    if skip:
+        with torch.no_grad():
+            sae.W_skip.copy_(0.1 * torch.randn(64, 64, generator=torch.Generator().manual_seed(2)))
+    return sae
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_transcoder_replaces_its_target_with_its_prediction_from_its_input(tiny_lm, ids, skip):
+    """SPEC §2.6: ŷ(x at mlp_in) replaces mlp_out; checked with plain torch hooks on the MLP."""
+    sae = _transcoder(skip)
+    got = _evaluate(sae, tiny_lm, ids, MLP_OUT)
+    mask = _sae_mask(ids)
+    mlp = tiny_lm.model.model.layers[1].mlp
+
+    def spliced(_module, args, output):
+        return torch.where(mask[..., None], sae(args[0]), output)
+
+    handle = mlp.register_forward_hook(spliced)
+    try:
+        with torch.no_grad():
+            log_probs = torch.log_softmax(tiny_lm.model(ids).logits.float(), -1)
+    finally:
+        handle.remove()
+    clean, predicted = _direct(tiny_lm, ids)
+    assert got["ce_sae"] == pytest.approx(_ce(log_probs, ids, predicted), rel=1e-6)
+    assert got["ce_clean"] == pytest.approx(_ce(clean, ids, predicted), rel=1e-6)
+    acts = tiny_lm.activations(ids, [MLP_IN, MLP_OUT])
+    rows = torch.cat([acts[MLP_IN][mask], acts[MLP_OUT][mask]], 1)
+    for key, value in saelab.evaluate(sae, rows).items():  # FVU etc. against y, not x
+        assert got[key] == pytest.approx(value, rel=1e-9, nan_ok=True), key
+    y, y_hat = acts[MLP_OUT][mask].double(), sae(acts[MLP_IN][mask]).double()
+    fvu = float((y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
+    assert got["fvu"] == pytest.approx(fvu, rel=1e-6)
+
+
+def test_a_transcoder_predicting_zero_is_the_zero_ablation_of_its_target(tiny_lm, ids):
+    sae = _transcoder(False)
+    with torch.no_grad():
+        sae.W_dec.zero_()
+        sae.b_dec.zero_()
+    got = _evaluate(sae, tiny_lm, ids, MLP_OUT)
+    assert got["ce_sae"] == got["ce_zero"] and got["ce_loss_recovered"] == 0.0
+
+
+def test_a_transcoder_must_read_an_earlier_hook(tiny_lm, ids):
+    sae = saelab.create_sae(
+        "topk", 64, 256, k=8, d_out=64, hook_name="blocks.2.hook_resid_post",
+        target_hook_name=MLP_OUT,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="does not come before"):
+        _evaluate(sae, tiny_lm, ids, MLP_OUT)

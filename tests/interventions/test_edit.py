@@ -281,3 +281,38 @@ def test_from_position_follows_a_cache_passed_without_positions(cached_lm):
         ]
     full = _steered_uncached(lm, sae, ids, from_position)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=TOLERANCE, atol=TOLERANCE)
+
+
+MLP_IN, MLP_OUT = "blocks.1.hook_mlp_in", "blocks.1.hook_mlp_out"
+
+
+@pytest.mark.parametrize("mode", ["ablate", "clamp"])
+def test_a_transcoder_edits_its_target_with_codes_from_its_input(tiny_lm, mode):
+    """SPEC §2.6: y' = y + (f'(x) − f(x)) W_dec with x at mlp_in, written at mlp_out."""
+    import saelab
+
+    sae = saelab.create_sae(
+        "topk", tiny_lm.d_model, 128, k=16, seed=0, d_out=tiny_lm.d_model,
+        hook_name=MLP_IN, target_hook_name=MLP_OUT,
+    ).eval()  # fmt: skip
+    ids = encode_prompt(tiny_lm, PROMPT)
+    clean = tiny_lm.activations(ids, [MLP_IN, MLP_OUT])
+    f = sae.encode(clean[MLP_IN]).detach()
+    latent = int(f[0, 1:].sum(0).argmax())  # one that fires on this prompt
+    value = 3.0
+    with (
+        torch.no_grad(),
+        latent_intervention(tiny_lm, sae, MLP_IN, {latent: value}, mode=mode),
+        record_activations(tiny_lm.model, [MLP_IN, MLP_OUT]) as recorded,
+    ):
+        tiny_lm.model(ids)
+    target = (
+        torch.zeros_like(f[..., latent])
+        if mode == "ablate"
+        else torch.full_like(f[..., latent], value)
+    )
+    expected = clean[MLP_OUT] + (target - f[..., latent])[..., None] * sae.W_dec[latent].detach()
+    expected[:, 0] = clean[MLP_OUT][:, 0]  # BOS keeps its clean activation
+    torch.testing.assert_close(recorded[MLP_IN], clean[MLP_IN])  # the input is not touched
+    torch.testing.assert_close(recorded[MLP_OUT], expected)
+    assert hook_counts(tiny_lm.model) == 0
