@@ -5,6 +5,7 @@ from saelab.sae import (  # noqa: F401  (registration)
     gated,
     jumprelu,
     matryoshka,
+    matryoshka_jumprelu,
     relu,
     topk,
 )

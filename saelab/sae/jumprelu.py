@@ -218,10 +218,18 @@ class JumpReLUSAE(SAE):
         forward = self._dense_train_forward
         return self.workspace.compiled(forward) if self.kernels.compile else forward
 
+    def reconstruction_loss(
+        self, y: Tensor, x: Tensor, x_hat: Tensor, codes: Tensor | SparseCodes
+    ) -> Tensor:
+        """‖y − x̂‖² (SPEC §2.4); matryoshka_jumprelu nests it over prefixes of the codes."""
+        return squared_error(y, x_hat)
+
     def _terms(
         self,
+        y: Tensor,
         x: Tensor,
         x_hat: Tensor,
+        codes: Tensor | SparseCodes,
         sparsity: Tensor,
         frequency,
         pre: Tensor,
@@ -229,7 +237,10 @@ class JumpReLUSAE(SAE):
         aux,
     ) -> dict[str, Tensor]:
         """The named loss terms; frequency() and aux() are computed only when used."""
-        terms = {"mse_loss": squared_error(x, x_hat), "sparsity_loss": sparsity}
+        terms = {
+            "mse_loss": self.reconstruction_loss(y, x, x_hat, codes),
+            "sparsity_loss": sparsity,
+        }
         if self.cfg.max_frequency < 1:
             terms["frequency_loss"] = self.frequency_loss(frequency())
         if dead is not None and self.cfg.aux_coefficient > 0:
@@ -253,7 +264,9 @@ class JumpReLUSAE(SAE):
         sparsity = self.sparsity_term(l0, f, norms, sparsity_coefficient, x2.shape[0])
         terms = self._terms(
             y2,
+            x2,
             x_hat,
+            f,
             sparsity,
             lambda: step.mean(0),
             pre,
@@ -313,7 +326,9 @@ class JumpReLUSAE(SAE):
         sparsity = self.sparsity_term(l0, values, norms, sparsity_coefficient, x2.shape[0])
         terms = self._terms(
             y2,
+            x2,
             x_hat,
+            codes,
             sparsity,
             frequency,
             pre,

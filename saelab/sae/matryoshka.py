@@ -2,8 +2,9 @@
 
 Latents come in groups; prefix g holds the first m_g = Σ_{h≤g} group_sizes[h] latents and must
 reconstruct x on its own, so general features stay in early latents instead of being absorbed
-into specific ones. Codes are BatchTopK's (SPEC §2.2); inference and files are BatchTopK's too
-(one global θ, saved as JumpReLU, so SAELens loads it).
+into specific ones. "matryoshka" takes BatchTopK's codes (SPEC §2.2); inference and files are
+BatchTopK's too (one global θ, saved as JumpReLU, so SAELens loads it). The nesting below is
+shared with "matryoshka_jumprelu" (saelab/sae/matryoshka_jumprelu.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,45 @@ def default_group_sizes(d_sae: int, groups: int = DEFAULT_GROUPS) -> list[int]:
     return [end - start for start, end in zip([0, *ends[:-1]], ends, strict=True)]
 
 
+def prefix_ends(cfg) -> Tensor:
+    """Cumulative group ends m_1 … m_G (setting the default group_sizes when none are given)."""
+    if cfg.group_sizes is None:
+        cfg.group_sizes = default_group_sizes(cfg.d_sae)
+    return torch.tensor(cfg.group_sizes).cumsum(0)
+
+
+def group_partials(codes: Tensor | SparseCodes, W_dec: Tensor, ends: Tensor) -> Tensor:
+    """(B, G, d_out): each group's f_group W_dec[group] from one code, dense or sparse.
+
+    Sparse: entries are sorted by token, then latent; groups are contiguous latent ranges, so
+    the (token, group) bags are contiguous too and one sparse decode gives every partial sum.
+    """
+    groups = len(ends)
+    if isinstance(codes, Tensor):
+        starts = [0, *ends[:-1].tolist()]
+        blocks = zip(starts, ends.tolist(), strict=True)
+        return torch.stack([codes[:, a:b] @ W_dec[a:b] for a, b in blocks], dim=1)
+    pattern = codes.pattern
+    group = torch.bucketize(pattern.cols, ends[:-1], right=True)
+    tokens = pattern.shape[0]
+    bags = SparsePattern.from_coo(
+        pattern.rows * groups + group, pattern.cols, (tokens * groups, pattern.shape[1])
+    )
+    return sparse_decode(codes.values, W_dec, None, bags).reshape(tokens, groups, -1)
+
+
+def nested_loss(sae, y2: Tensor, x2: Tensor, codes: Tensor | SparseCodes) -> tuple[Tensor, Tensor]:
+    """((1/G)·Σ_g ‖y − (prefix g's partial sum + b_dec [+ x W_skipᵀ])‖², the full prefix x̂),
+    prefixes by cumulative sum over the group partials."""
+    partials = group_partials(codes, sae.W_dec, sae.prefix_ends)
+    prefixes = partials.to(sae.W_dec.dtype).cumsum(1) + sae.b_dec  # (B, G, d_out)
+    if sae.cfg.skip_connection:  # a skip transcoder's x W_skipᵀ belongs to every prefix
+        prefixes = prefixes + (x2 @ sae.W_skip.T).unsqueeze(1)
+    groups = prefixes.shape[1]
+    loss = sum(squared_error(y2, prefixes[:, g]) for g in range(groups)) / groups
+    return loss, prefixes[:, -1]
+
+
 @register
 class MatryoshkaSAE(BatchTopKSAE):
     """BatchTopK codes; loss (1/G)·Σ_g ‖x − (f_{1:m_g} W_dec[1:m_g] + b_dec)‖² + α·L_aux."""
@@ -44,15 +84,9 @@ class MatryoshkaSAE(BatchTopKSAE):
     options = (*BatchTopKSAE.options, "group_sizes")
 
     def __init__(self, cfg) -> None:
-        if cfg.group_sizes is None:
-            cfg.group_sizes = default_group_sizes(cfg.d_sae)
+        ends = prefix_ends(cfg)
         super().__init__(cfg)
-        ends = torch.tensor(cfg.group_sizes).cumsum(0)
         self.register_buffer("prefix_ends", ends, persistent=False)
-
-    @property
-    def groups(self) -> int:
-        return len(self.cfg.group_sizes)
 
     def train_forward(
         self,
@@ -69,9 +103,7 @@ class MatryoshkaSAE(BatchTopKSAE):
         if self.kernels.sparse_at(self.cfg.k / self.cfg.d_sae):
             sae_in, b_dec = self.sparse_sae_input(x2)
             pre = self.dense_pre_acts(sae_in)
-            pattern, values = self.sparse_train_codes(sae_in, pre, b_dec)
-            partials = self._sparse_partials(pattern, values)
-            codes = SparseCodes(pattern, values)
+            codes = SparseCodes(*self.sparse_train_codes(sae_in, pre, b_dec))
 
             def aux(e: Tensor) -> Tensor:
                 return sparse_aux_k_loss(
@@ -82,38 +114,12 @@ class MatryoshkaSAE(BatchTopKSAE):
             with matmul_autocast(x.device, self.kernels.matmul_dtype):
                 pre = self.pre_acts(x2)
                 codes = self.train_activation(pre)
-                partials = self._dense_partials(codes)
 
             def aux(e: Tensor) -> Tensor:
                 return aux_k_loss(y2, y2 - e, pre, self.W_dec, dead, self.k_aux)
 
-        prefixes = partials.to(self.W_dec.dtype).cumsum(1) + self.b_dec  # (B, G, d_out)
-        if self.cfg.skip_connection:  # a skip transcoder's x W_skipᵀ belongs to every prefix
-            prefixes = prefixes + (x2 @ self.W_skip.T).unsqueeze(1)
-        x_hat = prefixes[:, -1]
-        nested = sum(squared_error(y2, prefixes[:, g]) for g in range(self.groups))
-        terms = {"mse_loss": nested / self.groups}
+        nested, x_hat = nested_loss(self, y2, x2, codes)
+        terms = {"mse_loss": nested}
         if dead is not None:
             terms["aux_loss"] = self.cfg.aux_coefficient * aux((y2 - x_hat).detach())
         return TrainOutput(sum(terms.values()), terms, codes, x_hat.reshape(y.shape))
-
-    def _dense_partials(self, f: Tensor) -> Tensor:
-        """(B, G, d_in): each group's f_group W_dec[group], one decoder pass split by groups."""
-        starts = [0, *self.prefix_ends[:-1].tolist()]
-        blocks = zip(starts, self.prefix_ends.tolist(), strict=True)
-        return torch.stack([f[:, a:b] @ self.W_dec[a:b] for a, b in blocks], dim=1)
-
-    def _sparse_partials(self, pattern: SparsePattern, values: Tensor) -> Tensor:
-        """(B, G, d_in) from the sparse code: the entries of each (token, group) form one bag.
-
-        Entries are sorted by token, then latent; groups are contiguous latent ranges, so the
-        (token, group) bags are contiguous too and one sparse decode gives every partial sum.
-        """
-        group = torch.bucketize(pattern.cols, self.prefix_ends[:-1], right=True)
-        tokens = pattern.shape[0]
-        bags = SparsePattern.from_coo(
-            pattern.rows * self.groups + group,
-            pattern.cols,
-            (tokens * self.groups, pattern.shape[1]),
-        )
-        return sparse_decode(values, self.W_dec, None, bags).reshape(tokens, self.groups, -1)

@@ -56,8 +56,8 @@ Cache = Annotated[
 Arch = Annotated[
     str | None,
     typer.Option(
-        help="Comma-separated: jumprelu, topk, batchtopk, matryoshka, gated or relu "
-        "(default: jumprelu)."
+        help="Comma-separated: jumprelu, topk, batchtopk, matryoshka, matryoshka_jumprelu, "
+        "gated or relu (default: jumprelu)."
     ),
 ]
 Width = Annotated[int | None, typer.Option(help="Latents per SAE (default: 16 × d_in).")]
@@ -102,8 +102,8 @@ GroupSizes = Annotated[
 TargetL0 = Annotated[
     str | None,
     typer.Option(
-        help="Target L0 value(s) for jumprelu's quadratic sparsity loss, comma-separated, "
-        "swept like --k (default: 32)."
+        help="Target L0 value(s) for the quadratic sparsity loss of jumprelu and "
+        "matryoshka_jumprelu, comma-separated, swept like --k (default: 32)."
     ),
 ]
 SparsityLoss = Annotated[
@@ -238,8 +238,11 @@ def run_config_from_flags(*, resume: Path | None, config: Path | None, **flags: 
     f = flags
     jumprelu = {name: f[name] for name in ("bandwidth", "sparsity_loss") if f[name] is not None}
     arch_options = {"jumprelu": jumprelu} if jumprelu else {}
+    if jumprelu:
+        arch_options["matryoshka_jumprelu"] = dict(jumprelu)
     if f["group_sizes"] is not None:
-        arch_options["matryoshka"] = {"group_sizes": _ints(f["group_sizes"])}
+        for arch in ("matryoshka", "matryoshka_jumprelu"):
+            arch_options.setdefault(arch, {})["group_sizes"] = _ints(f["group_sizes"])
     return resolve_run_config(config, {
         "model": f["model"], "hooks": f["hook"] or None, "target_hook": f["target_hook"],
         "skip_connection": f["skip_connection"], "corpus": f["corpus"],

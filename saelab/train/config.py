@@ -85,6 +85,14 @@ BUDGET_SPARSITY = {
 # JumpReLU λ per sparsity loss: quadratic is a unit-free penalty on L0/target (SPEC §2.4).
 JUMPRELU_SPARSITY = {"quadratic": 1.0, "l0": 1e-3, "tanh": 1e-3}
 RECIPE_NAMES = ("budget", "paper")
+# Architectures trained with another one's recipes and paper options: Matryoshka with JumpReLU
+# codes is a JumpReLU SAE with a nested reconstruction loss (SPEC §2.5).
+RECIPE_OF = {"matryoshka_jumprelu": "jumprelu"}
+
+
+def recipe_family(architecture: str) -> str:
+    """The architecture whose recipes (PAPER_RECIPES, budget λ, PAPER_SAE_OPTIONS) apply."""
+    return RECIPE_OF.get(architecture, architecture)
 
 
 def budget_batch_size(total_tokens: int) -> int:
@@ -111,7 +119,7 @@ def budget_lr_scales(sae_cfg: Any) -> dict[str, float]:
 
 def recipe_for(sae_cfg: Any, config: TrainConfig) -> Recipe:
     """The schedule defaults for one SAE: the paper's (recipe="paper") or the budget rules."""
-    arch = sae_cfg.architecture
+    arch = recipe_family(sae_cfg.architecture)
     if config.recipe == "paper":
         return PAPER_RECIPES[arch]
     steps = config.total_steps

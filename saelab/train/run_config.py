@@ -13,7 +13,7 @@ import yaml
 from saelab.devices import check_device
 from saelab.lm.dtypes import DTYPES, parse_dtype
 from saelab.sae import architectures, sae_class
-from saelab.train.config import PAPER_SAE_OPTIONS, TrainConfig
+from saelab.train.config import PAPER_SAE_OPTIONS, TrainConfig, recipe_family
 from saelab.validation import check_known_fields
 
 TOPK_ARCHS = ("topk", "batchtopk", "matryoshka")
@@ -132,12 +132,13 @@ class RunConfig:
         paper = self.train.get("recipe") == "paper"
         for hook in self.hooks:
             for arch in self.archs:
-                options = dict(PAPER_SAE_OPTIONS[arch] if paper else {})
+                options = dict(PAPER_SAE_OPTIONS[recipe_family(arch)] if paper else {})
                 options |= self.arch_options.get(arch, {})
                 if arch in TOPK_ARCHS:
                     runs += [(hook, arch, options | {"k": k}, None) for k in self.k]
                     continue
-                targets = self.target_l0 if arch == "jumprelu" and self.target_l0 else [None]
+                takes_target = "target_l0" in sae_class(arch).options
+                targets = self.target_l0 if takes_target and self.target_l0 else [None]
                 for t in targets:
                     member = options | ({"target_l0": t} if t is not None else {})
                     runs += [(hook, arch, member, s) for s in (self.sparsity_for(arch) or [None])]
