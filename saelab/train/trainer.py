@@ -280,7 +280,9 @@ class Lockstep:
                 )
             else:
                 c_out = self._constant(out)
-                sae.fold_normalization(1.0 / self.norms[self._key(cols)], c_out and 1.0 / c_out)
+                sae.fold_normalization(
+                    1.0 / self.norms[self._key(cols)], None if c_out is None else 1.0 / c_out
+                )
 
     def train_step(self) -> None:
         """One batch, one optimizer step for every SAE."""
