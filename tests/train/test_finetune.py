@@ -53,3 +53,19 @@ def test_gemma_scope_npz_fine_tunes_from_its_weights(data, tmp_path):
     # A re-initialised SAE would start near FVU 1; a fine-tuned one stays near where it was.
     assert fvu_after < 1.5 * fvu_before + 0.01, (fvu_before, fvu_after)
     assert not loaded.cfg.apply_b_dec_to_input
+
+
+def test_loaded_transcoder_resumes_from_its_weights_with_both_constants(data, tmp_path):
+    """SPEC §2.6: C_x and C_y are unfolded before fine-tuning and folded back after."""
+    x, held = data
+    mix = torch.randn(16, 8, generator=torch.Generator().manual_seed(3))
+    rows = torch.cat([x, 0.1 * (x @ mix).relu()], 1)
+    sae = saelab.create_sae("jumprelu", 16, 64, seed=0, d_out=8, skip_connection=True)
+    saelab.train(sae, rows, saelab.TrainConfig(total_tokens=20_480, batch_size=256))
+    loaded = saelab.load_sae(sae.save(tmp_path / "tc"))
+    before = loaded.forward(held).detach()
+    saelab.train(loaded, rows, saelab.TrainConfig(total_tokens=2_048, batch_size=256, lr=1e-12))
+    after = loaded.forward(held).detach()
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5 * float(before.abs().max()))
+    for name in ("normalization_constant", "target_normalization_constant"):
+        assert getattr(loaded.cfg, name) == pytest.approx(getattr(sae.cfg, name), rel=1e-6)
