@@ -15,7 +15,7 @@ from saelab.evals.tokens import heldout_batches
 pytestmark = [pytest.mark.gemma, pytest.mark.slow]
 
 IN, OUT = "blocks.6.hook_mlp_in", "blocks.6.hook_mlp_out"
-TRAIN_CONTEXTS = 640  # × 127 tokens ≈ 81k training activations, each seen twice
+TRAIN_CONTEXTS = 512  # × 127 tokens ≈ 65k training activations, each seen twice
 EVAL_TOKENS = 2048
 
 
