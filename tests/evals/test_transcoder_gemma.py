@@ -15,8 +15,8 @@ from saelab.evals.tokens import heldout_batches
 pytestmark = [pytest.mark.gemma, pytest.mark.slow]
 
 IN, OUT = "blocks.6.hook_mlp_in", "blocks.6.hook_mlp_out"
-TRAIN_CONTEXTS = 512  # × 127 tokens ≈ 65k training activations, each seen twice
-EVAL_TOKENS = 2048
+TRAIN_CONTEXTS = 384  # × 127 tokens ≈ 49k training activations, each seen twice
+EVAL_TOKENS = 1024
 
 
 def _rows(lm: saelab.lm.LanguageModel, contexts: int) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 import saelab
 from saelab.sae import architectures
 
-ARCHS = ["relu", "topk", "batchtopk", "gated", "jumprelu", "matryoshka"]
+ARCHS = ["relu", "topk", "batchtopk", "gated", "jumprelu", "matryoshka", "matryoshka_jumprelu"]
 
 
 def test_all_architectures_registered():

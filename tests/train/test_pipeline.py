@@ -484,7 +484,7 @@ def test_bad_model_dtype_and_device_fail_before_anything_is_loaded(
         (
             ["--arch", "jumprelu,nope"],
             "arch: unknown architecture 'nope'; valid: ['batchtopk', 'gated', 'jumprelu', 'matryoshka', "
-            "'relu', 'topk']",
+            "'matryoshka_jumprelu', 'relu', 'topk']",
         ),
         (["--width", "0"], "width: must be an integer ≥ 1, got 0"),
         (["--sparsity", "-0.5"], "sparsity: coefficients must be ≥ 0, got -0.5"),
