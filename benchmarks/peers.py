@@ -214,7 +214,7 @@ def train_saelab(variant: str, data: Batches, args: argparse.Namespace, override
     from saelab.train.config import TrainConfig, recipe_for
 
     option = {"k": args.k} if variant in ("topk", "batchtopk") else {"target_l0": args.target_l0}
-    defaults = option | {"lr": args.lr}
+    defaults = option | {"lr": args.lr, "matmul_dtype": "auto"}
     settings = resolve(defaults, overrides)
     sae = saelab.create_sae(
         variant, data.rows.shape[1], args.width, seed=args.seed, **{k: settings[k] for k in option}
@@ -224,6 +224,7 @@ def train_saelab(variant: str, data: Batches, args: argparse.Namespace, override
         batch_size=data.batch_size,
         seed=args.seed,
         lr=settings["lr"],
+        matmul_dtype=settings["matmul_dtype"],
     )
     settings["lr"] = settings["lr"] or recipe_for(sae.cfg, config).lr
     start = time.perf_counter()
@@ -252,6 +253,7 @@ def train_saelens(
         "batchtopk": (sl.BatchTopKTrainingSAE, sl.BatchTopKTrainingSAEConfig),
     }.get(variant, (sl.JumpReLUTrainingSAE, sl.JumpReLUTrainingSAEConfig))
     defaults: dict = {"lr": args.lr or 3e-4, "normalize_activations": "expected_average_only_in"}
+    defaults["autocast"] = False  # the runner's default; --set autocast=true: its bf16 autocast
     if variant in ("topk", "batchtopk"):
         defaults["k"] = args.k
     elif variant == "jumprelu-tanh":

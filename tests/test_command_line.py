@@ -102,6 +102,7 @@ def test_train_help_states_the_defaults_that_apply():
     assert f"thresholds train at {config.BUDGET_OFFSET_LR_SCALE:g}× of it" in lr
     assert _help_default("seed") == str(train.seed)
     assert _help_default("device") == train.device
+    assert _help_default("matmul_dtype") == train.matmul_dtype
     bandwidth = _help_default("bandwidth")
     assert bandwidth.startswith(f"{jumprelu.BANDWIDTH_FRACTION:g} × the initial threshold")
     assert f"{jumprelu.PAPER_BANDWIDTH:g} with --recipe paper" in bandwidth

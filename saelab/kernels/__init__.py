@@ -14,7 +14,12 @@ from saelab.kernels.encoder import (
     dense_pre_acts_with_grad,
     sparse_pre_acts,
 )
-from saelab.kernels.options import KernelOptions, matmul_autocast
+from saelab.kernels.options import (
+    KernelOptions,
+    matmul_autocast,
+    native_bf16_matmul,
+    resolve_matmul_dtype,
+)
 from saelab.kernels.pattern import SparseCodes, SparsePattern
 from saelab.kernels.workspace import Workspace
 
@@ -31,6 +36,8 @@ __all__ = [
     "dense_pre_acts_with_grad",
     "jumprelu_window",
     "matmul_autocast",
+    "native_bf16_matmul",
+    "resolve_matmul_dtype",
     "sparse_aux_k_loss",
     "sparse_decode",
     "sparse_pre_acts",

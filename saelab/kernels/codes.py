@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from saelab.kernels.decoder import sparse_decode
-from saelab.kernels.encoder import sparse_pre_acts
+from saelab.kernels.encoder import dense_pre_acts_with_grad, sparse_pre_acts
 from saelab.kernels.pattern import SparsePattern
 
 
@@ -157,6 +157,13 @@ def jumprelu_window(
     return torch.gt(pre, (theta - 0.5 * bandwidth - margin).to(pre.dtype), out=out)
 
 
+# AuxK works densely on the dead columns when its codes fill at least this fraction of them:
+# (tokens × dead) matmuls then beat per-entry gathers. AuxK forward + backward at batch 4,096,
+# d_in 640, k_aux 320 on a 2-core CPU, dense vs sparse: 500 dead 0.17 vs 0.31 s, 1,000 dead
+# 0.21 vs 0.31 s, 3,000 dead 0.60 vs 0.46 s, 8,000 dead 1.54 vs 0.64 s.
+AUX_DENSE_FRACTION = 0.2
+
+
 def sparse_aux_k_loss(
     e: Tensor,
     sae_in: Tensor,
@@ -168,18 +175,25 @@ def sparse_aux_k_loss(
     W_dec: Tensor,
     b_dec: Tensor | None = None,
 ) -> Tensor:
-    """Normalised AuxK loss (SPEC §2.2) with z_aux = top k_aux dead pre-activations, sparse.
+    """Normalised AuxK loss (SPEC §2.2) with z_aux = top k_aux dead pre-activations.
 
     e is stopgrad(x − x̂); ê = z_aux W_dec; L_aux = ‖e − ê‖² / ‖e − mean(e)‖², the denominator
-    over the global batch (aux_k_denominator).
+    over the global batch (aux_k_denominator). Only dead columns are read: sparse codes when
+    k_aux is a small share of them, else dense (tokens × dead) products (AUX_DENSE_FRACTION).
     """
     dead = dead_mask.nonzero().squeeze(1)
     k = min(k_aux, dead.numel())
     # Select among the dead columns only: a (B, n_dead) copy instead of a masked (B, n) one.
-    top = pre.index_select(1, dead).topk(k, dim=-1, sorted=False).indices
-    pattern = SparsePattern.from_topk(dead[top], pre.shape[1])
-    z_aux = sparse_pre_acts(sae_in, W_enc, b_enc, pre, pattern, b_dec).relu()
-    e_hat = sparse_decode(z_aux, W_dec, None, pattern)
+    pre_dead = pre.index_select(1, dead)
+    top = pre_dead.topk(k, dim=-1, sorted=False).indices
+    if k >= AUX_DENSE_FRACTION * dead.numel():
+        z = dense_pre_acts_with_grad(sae_in, W_enc[:, dead], b_enc[dead], pre_dead, b_dec)
+        chosen = torch.zeros_like(pre_dead, dtype=torch.bool).scatter_(1, top, True)
+        e_hat = z.masked_fill(~chosen, 0.0).relu() @ W_dec[dead]
+    else:
+        pattern = SparsePattern.from_topk(dead[top], pre.shape[1])
+        z_aux = sparse_pre_acts(sae_in, W_enc, b_enc, pre, pattern, b_dec).relu()
+        e_hat = sparse_decode(z_aux, W_dec, None, pattern)
     return (e - e_hat).pow(2).sum() / aux_k_denominator(e)
 
 

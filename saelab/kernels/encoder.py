@@ -18,15 +18,27 @@ def dense_pre_acts(
     b_enc: Tensor,
     matmul_dtype: torch.dtype | None = None,
     out: Tensor | None = None,
+    scratch: Tensor | None = None,
 ) -> Tensor:
-    """π = sae_in · W_enc + b_enc without a graph (SPEC §2 "Common"), in the matmul dtype.
+    """π = sae_in · W_enc + b_enc without a graph (SPEC §2 "Common"), the product in the matmul dtype.
 
-    In fp32, out (e.g. a Workspace buffer reused across steps) receives π when given.
+    out (e.g. a Workspace buffer reused across steps) receives π when given. Under a matmul dtype
+    π is what autocast gives (the low-precision product plus the fp32 bias); with out and
+    scratch (a (rows, n) tensor of that dtype) it is formed scratch-rows at a time into out, so
+    no full-size low-precision copy of π is ever held.
     """
     if matmul_dtype is None:
         return torch.addmm(b_enc, sae_in, W_enc, out=out)
-    with matmul_autocast(sae_in.device, matmul_dtype):
-        return sae_in @ W_enc + b_enc
+    if out is None or scratch is None:
+        with matmul_autocast(sae_in.device, matmul_dtype):
+            return sae_in @ W_enc + b_enc
+    x, W = sae_in.to(matmul_dtype), W_enc.to(matmul_dtype)
+    rows = scratch.shape[0]
+    for start in range(0, x.shape[0], rows):
+        part = scratch[: min(rows, x.shape[0] - start)]
+        torch.matmul(x[start : start + rows], W, out=part)
+        torch.add(part, b_enc, out=out[start : start + len(part)])
+    return out
 
 
 class SparseEncoder(torch.autograd.Function):

@@ -61,6 +61,27 @@ class KernelOptions:
         return 1 if device.type == "cpu" else ACCELERATOR_DECIDE_EVERY
 
 
+def native_bf16_matmul(device: torch.device) -> bool:
+    """Whether this device multiplies bf16 in hardware (CUDA with bf16; a CPU with AVX512-BF16 or
+    AMX), where the bf16 encoder matmul is ≈4.7× fp32's (benchmarks/RESULTS.md); emulated bf16
+    elsewhere is slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def resolve_matmul_dtype(
+    name: str, device: torch.device, current: torch.dtype | None
+) -> torch.dtype | None:
+    """The encoder matmul dtype a run uses: float32 → None (full precision), bfloat16/float16 as
+    named, "auto" → bfloat16 on native hardware, else `current` (what the SAE's kernels say)."""
+    if name == "auto":
+        return torch.bfloat16 if native_bf16_matmul(device) else current
+    return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
 def matmul_autocast(
     device: torch.device, dtype: torch.dtype | None
 ) -> contextlib.AbstractContextManager:

@@ -22,10 +22,7 @@ class Workspace:
     def __init__(self) -> None:
         self._buffers: dict[str, Tensor] = {}
         self._compiled: dict[Callable, Callable] = {}
-        self._count: Tensor | None = None
-        self._entries = 0
-        self._steps = 0
-        self._sparse: bool | None = None
+        self._gates: dict[str, _Gate] = {}
 
     def buffer(
         self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
@@ -51,26 +48,38 @@ class Workspace:
             self._compiled[function] = torch.compile(function)
         return functools.partial(self._compiled[function], method.__self__)
 
-    def use_sparse(self, touched: Tensor, options: KernelOptions) -> bool:
+    def use_sparse(self, touched: Tensor, options: KernelOptions, gate: str = "codes") -> bool:
         """Sparse or dense for a step that touches the True entries of `touched`.
 
         "auto" compares the density of touched entries, summed on the device since the last
         decision, with options.max_density every options.steps_per_decision steps (the only
-        read-back to the host); in between the last decision holds.
+        read-back to the host); in between the last decision holds. Each named gate (e.g.
+        JumpReLU's kernel window and its active codes) keeps its own count and decision.
         """
         if options.mode != "auto":
             return options.mode == "sparse"
+        state = self._gates.setdefault(gate, _Gate())
         count = torch.count_nonzero(touched)
-        self._count = count if self._count is None else self._count + count
-        self._entries += touched.numel()
-        self._steps += 1
-        if self._sparse is None or self._steps >= options.steps_per_decision(touched.device):
-            self._sparse = options.sparse_at(float(self._count) / self._entries)
-            self._count, self._entries, self._steps = None, 0, 0
-        return self._sparse
+        state.count = count if state.count is None else state.count + count
+        state.entries += touched.numel()
+        state.steps += 1
+        if state.sparse is None or state.steps >= options.steps_per_decision(touched.device):
+            state.sparse = options.sparse_at(float(state.count) / state.entries)
+            state.count, state.entries, state.steps = None, 0, 0
+        return state.sparse
 
     def __deepcopy__(self, memo: dict) -> Workspace:
         return Workspace()
 
     def __getstate__(self) -> dict:
         return Workspace().__dict__
+
+
+class _Gate:
+    """One density gate of a workspace: the count since its last decision, and that decision."""
+
+    def __init__(self) -> None:
+        self.count: Tensor | None = None
+        self.entries = 0
+        self.steps = 0
+        self.sparse: bool | None = None

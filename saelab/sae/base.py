@@ -17,6 +17,9 @@ from saelab.validation import check_known_fields, check_values
 
 SPARSITY_LOSSES = ("quadratic", "l0", "tanh")
 # SPEC §2.0: the data-dependent init looks at this many sampled inputs (≥ 10k).
+# Rows of π formed per low-precision matmul (dense_pre_acts): 1,024 × 16,384 bf16 is 34 MB of
+# scratch instead of a 134 MB bf16 copy of π, for ≈10% more time in that matmul on a CPU.
+PRE_SCRATCH_ROWS = 1024
 INIT_SAMPLE_TOKENS = 16_384
 
 
@@ -341,12 +344,16 @@ class SAE(nn.Module, abc.ABC):
         return sae_in, self.b_dec if self.cfg.apply_b_dec_to_input else None
 
     def dense_pre_acts(self, sae_in: Tensor) -> Tensor:
-        """π of sae_in without a graph, in the kernels' matmul dtype; in fp32 written into this
-        SAE's workspace buffer "pre", which is reused (and overwritten) by the next step."""
-        shape = (sae_in.shape[0], self.W_enc.shape[1])
+        """π of sae_in without a graph, its product in the kernels' matmul dtype, written into this
+        SAE's fp32 workspace buffer "pre", which the next step reuses (and overwrites)."""
+        tokens, n = sae_in.shape[0], self.W_enc.shape[1]
         dtype = self.kernels.matmul_dtype
-        out = None if dtype else self.workspace.buffer("pre", shape, self.W_enc.dtype, self.device)
-        return dense_pre_acts(sae_in, self.W_enc, self.b_enc, dtype, out)
+        out = self.workspace.buffer("pre", (tokens, n), self.W_enc.dtype, self.device)
+        scratch = None
+        if dtype is not None:
+            rows = min(tokens, PRE_SCRATCH_ROWS)
+            scratch = self.workspace.buffer("pre_scratch", (rows, n), dtype, self.device)
+        return dense_pre_acts(sae_in, self.W_enc, self.b_enc, dtype, out, scratch)
 
     def pre_acts(self, x: Tensor) -> Tensor:
         """π(x) = (x − b_dec) W_enc + b_enc, the bias added in place: one (B, n) buffer.

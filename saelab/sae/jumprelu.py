@@ -16,7 +16,7 @@ from saelab.kernels import (
     sparse_pre_acts,
 )
 from saelab.kernels.codes import mean_across_ranks
-from saelab.sae.base import SAE, TrainOutput
+from saelab.sae.base import PRE_SCRATCH_ROWS, SAE, TrainOutput
 from saelab.sae.common import aux_k_loss, squared_error, threshold_mask, top_values
 from saelab.sae.registry import register
 
@@ -76,6 +76,56 @@ class StepFunction(torch.autograd.Function):
         eps = ctx.bandwidth
         kernel = _rectangle((z.to(theta.dtype) - theta) / eps)
         return None, _sum_to_latents(-(1.0 / eps) * kernel * grad.to(theta.dtype)), None
+
+
+class WindowThreshold(torch.autograd.Function):
+    """θ's gradients from a dense kernel window while the codes stay sparse (SPEC §2.4).
+
+    Outputs x̂ unchanged and the STE firing frequencies p_j = Σ_t H(π_tj − θ_j)/B. Backward:
+    ð/ðθ_j = −(θ_j/ε)·Σ_t K_tj·∂L/∂f_tj − (1/(εB))·Σ_t K_tj·∂L/∂p_j with K_tj = K((π_tj − θ_j)/ε)
+    and ∂L/∂f = ∂L/∂x̂·W_decᵀ (plain reconstruction), so Σ_t K_tj·∂L/∂f_tj = ⟨W_dec[j], (Kᵀ·∂L/∂x̂)[j]⟩:
+    one (latents × tokens)·(tokens × d_in) matmul, whose extra column of ones counts Σ_t K_tj.
+    kernel is K as a 0/1 matrix in the matmul dtype (exact in bf16; the product is not).
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        x_hat: Tensor,
+        theta: Tensor,
+        W_dec: Tensor,
+        active: Tensor,
+        kernel: Tensor,
+        bandwidth: float,
+    ) -> tuple[Tensor, Tensor]:
+        ctx.save_for_backward(theta, W_dec, kernel)
+        ctx.bandwidth = bandwidth
+        return x_hat.view_as(x_hat), active.to(theta.dtype) / kernel.shape[0]
+
+    @staticmethod
+    def backward(ctx, grad_x: Tensor, grad_p: Tensor) -> tuple[Tensor | None, ...]:
+        theta, W_dec, kernel = ctx.saved_tensors
+        rhs = torch.cat([grad_x, grad_x.new_ones(grad_x.shape[0], 1)], 1).to(kernel.dtype)
+        sums = (kernel.T @ rhs).to(theta.dtype)
+        in_window = (sums[:, :-1] * W_dec.to(theta.dtype)).sum(1)
+        counts = sums[:, -1]
+        eps, tokens = ctx.bandwidth, kernel.shape[0]
+        grad_theta = -(theta / eps) * in_window - counts * grad_p.to(theta.dtype) / (eps * tokens)
+        return grad_x, grad_theta, None, None, None, None
+
+
+def kernel_window(
+    pre: Tensor, theta: Tensor, bandwidth: float, out: Tensor, scratch: Tensor
+) -> Tensor:
+    """out = 1 where K((π − θ)/ε) ≠ 0 else 0, with _rectangle's arithmetic (both paths agree bit
+    for bit), formed scratch-rows at a time: no full-size float temporary."""
+    rows = scratch.shape[0]
+    for start in range(0, pre.shape[0], rows):
+        part = slice(start, start + rows)
+        mask = scratch[: out[part].shape[0]]
+        torch.lt(((pre[part].to(theta.dtype) - theta) / bandwidth).abs_(), 0.5, out=mask)
+        out[part].copy_(mask)
+    return out
 
 
 @register
@@ -196,7 +246,7 @@ class JumpReLUSAE(SAE):
         (docs/jumprelu-training.md); AuxK gives dead latents their encoder gradient instead.
         """
         cols = dead.nonzero().squeeze(1)
-        gap = (self.threshold[cols] - pre[:, cols].to(self.threshold.dtype)).relu()
+        gap = (self.threshold[cols] - pre.index_select(1, cols).to(self.threshold.dtype)).relu()
         norms = self.W_dec[cols].norm(dim=1).detach().to(gap.dtype)
         return self.cfg.pre_act_coefficient * (gap * norms).sum() / pre.shape[0]
 
@@ -275,6 +325,29 @@ class JumpReLUSAE(SAE):
         )
         return TrainOutput(sum(terms.values()), terms, f, x_hat.reshape(y.shape))
 
+    def _codes_sparse_in_dense_window(self, pre: Tensor, active: Tensor) -> bool:
+        """Whether to train with sparse codes and θ's window taken densely (WindowThreshold):
+        "auto" with codes π > θ (written into `active`) sparse enough, and ∂L/∂f = ∂L/∂x̂·W_decᵀ
+        (plain reconstruction, no tanh term reading the codes)."""
+        applies = (
+            self.kernels.mode == "auto"
+            and self.cfg.sparsity_loss != "tanh"
+            and type(self).reconstruction_loss is JumpReLUSAE.reconstruction_loss
+        )
+        if not applies:
+            return False
+        return self.workspace.use_sparse(
+            torch.gt(pre, self.threshold, out=active), self.kernels, "codes"
+        )
+
+    def _kernel_window(self, pre: Tensor) -> Tensor:
+        """K((π − θ)/ε) as 0/1 in the matmul dtype, in this SAE's workspace buffer "kernel"."""
+        dtype = self.kernels.matmul_dtype or self.threshold.dtype
+        out = self.workspace.buffer("kernel", pre.shape, dtype, pre.device)
+        rows = (min(pre.shape[0], PRE_SCRATCH_ROWS), pre.shape[1])
+        scratch = self.workspace.buffer("kernel_scratch", rows, torch.bool, pre.device)
+        return kernel_window(pre, self.threshold, self.bandwidth, out, scratch)
+
     def _kernel_train_forward(
         self, x: Tensor, y: Tensor, sparsity_coefficient: float, dead: Tensor | None
     ) -> TrainOutput:
@@ -282,7 +355,9 @@ class JumpReLUSAE(SAE):
 
         Only entries with π > θ − ε/2 (active or inside the kernel window) carry any gradient of
         the reconstruction and sparsity terms (SPEC §2.4), so the sparse path touches just
-        those; "auto" weighs their density (Workspace.use_sparse). Dead-latent terms read
+        those; "auto" weighs their density (Workspace.use_sparse). When the window is too dense
+        but the codes are not (early in a run from the target-L0 init), the codes stay sparse and
+        θ's window gradients are one dense matmul (WindowThreshold). Dead-latent terms read
         their own columns.
         """
         theta, eps, tanh = self.threshold, self.bandwidth, self.cfg.sparsity_loss == "tanh"
@@ -292,7 +367,7 @@ class JumpReLUSAE(SAE):
         pre = self.dense_pre_acts(sae_in)
         buffer = self.workspace.buffer("window", pre.shape, torch.bool, pre.device)
         window = jumprelu_window(pre, theta, eps, buffer)
-        if self.workspace.use_sparse(window, self.kernels):
+        if self.workspace.use_sparse(window, self.kernels, "window"):
             pattern = SparsePattern.from_mask(window)
             z = sparse_pre_acts(sae_in, self.W_enc, self.b_enc, pre, pattern, b_dec)
             theta_j = theta[pattern.cols]
@@ -306,6 +381,24 @@ class JumpReLUSAE(SAE):
             def frequency() -> Tensor:
                 counts = torch.zeros_like(theta).index_add(0, pattern.cols, step.to(theta.dtype))
                 return counts / x2.shape[0]
+
+        elif self._codes_sparse_in_dense_window(pre, buffer):
+            pattern = SparsePattern.from_mask(buffer)
+            values = sparse_pre_acts(sae_in, self.W_enc, self.b_enc, pre, pattern, b_dec)
+            codes = SparseCodes(pattern, values)
+            x_hat, firing = WindowThreshold.apply(
+                sparse_decode(values, self.W_dec, self.b_dec, pattern),
+                theta,
+                self.W_dec,
+                pattern.ccol.diff(),
+                self._kernel_window(pre),
+                eps,
+            )
+            x_hat = self.with_skip(x_hat, x2)
+            l0, norms = firing.sum(), None
+
+            def frequency() -> Tensor:
+                return firing
 
         elif self.kernels.compile:
             return self._dense_objective()(x, y, sparsity_coefficient, dead)

@@ -142,6 +142,15 @@ ModelDtype = Annotated[
     str | None,
     typer.Option(help="Dtype the LM runs in: float32, float16 or bfloat16 (default: float32)."),
 ]
+MatmulDtype = Annotated[
+    str | None,
+    typer.Option(
+        help="Dtype of the SAE's encoder matmul: auto (bfloat16 where the device multiplies it "
+        "natively: CUDA, or a CPU with AVX512-BF16/AMX; else float32), float32, bfloat16 or "
+        "float16. Weights, thresholds, the decoder and every gradient stay float32 "
+        "(default: auto)."
+    ),
+]
 ContextSize = Annotated[
     int | None,
     typer.Option(help="Tokens per packed context, BOS included (default: 128)."),
@@ -179,7 +188,8 @@ TRAIN_FLAGS: dict[str, Any] = {
     "target_l0": TargetL0, "sparsity_loss": SparsityLoss, "group_sizes": GroupSizes,
     "recipe": Recipe,
     "bandwidth": Bandwidth, "seed": Seed, "device": Device, "model_dtype": ModelDtype,
-    "context_size": ContextSize, "checkpoint_every": CheckpointEvery, "logger": Logger,
+    "matmul_dtype": MatmulDtype, "context_size": ContextSize,
+    "checkpoint_every": CheckpointEvery, "logger": Logger,
     "max_memory_gb": MaxMemoryGb, "out": Out, "config": Config,
 }  # fmt: skip
 
@@ -252,6 +262,7 @@ def run_config_from_flags(*, resume: Path | None, config: Path | None, **flags: 
         "arch_options": arch_options or None,
         "target_l0": _floats(f["target_l0"]), "recipe": f["recipe"],
         "seed": f["seed"], "device": f["device"], "model_dtype": f["model_dtype"],
-        "context_size": f["context_size"], "checkpoint_every": f["checkpoint_every"],
+        "matmul_dtype": f["matmul_dtype"], "context_size": f["context_size"],
+        "checkpoint_every": f["checkpoint_every"],
         "loggers": f["logger"] or None, "max_memory_gb": f["max_memory_gb"], "out": f["out"],
     })  # fmt: skip

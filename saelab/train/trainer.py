@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from saelab.kernels import resolve_matmul_dtype
 from saelab.sae import SAE
 from saelab.train.batches import BatchStream, cycling_message, rounding_message
 from saelab.train.config import TrainConfig, recipe_for
@@ -42,6 +44,8 @@ class SAETrainer:
         recipe = recipe_for(sae.cfg, config)
         steps = config.total_steps
         self.sae, self.config = sae, config
+        dtype = resolve_matmul_dtype(config.matmul_dtype, sae.device, sae.kernels.matmul_dtype)
+        sae.kernels = dataclasses.replace(sae.kernels, matmul_dtype=dtype)
         self.lr = LRSchedule(
             lr=config.lr if config.lr is not None else recipe.lr,
             total_steps=steps,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import saelab
-from saelab.kernels import KernelOptions, SparseCodes
+from saelab.kernels import KernelOptions, SparseCodes, codes
 
 D, N, B = 16, 256, 64
 
@@ -26,15 +26,16 @@ def _sae(arch: str, seed: int, **options):
 
 def _loss_and_grads(sae, x, lam, dead, mode, matmul_dtype=None):
     sae.zero_grad(set_to_none=True)
-    sae.kernels = KernelOptions(mode=mode, matmul_dtype=matmul_dtype)
+    options = mode if isinstance(mode, KernelOptions) else KernelOptions(mode, matmul_dtype)
+    sae.kernels = options
     out = sae.train_forward(x, lam, dead)
     out.loss.backward()
     grads = {n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None}
     return out, grads
 
 
-def _compare(sae, x, lam=0.3, dead=None, tol=1e-5, matmul_dtype=None):
-    fast, g_fast = _loss_and_grads(sae, x, lam, dead, "sparse", matmul_dtype)
+def _compare(sae, x, lam=0.3, dead=None, tol=1e-5, matmul_dtype=None, fast="sparse"):
+    fast, g_fast = _loss_and_grads(sae, x, lam, dead, fast, matmul_dtype)
     ref, g_ref = _loss_and_grads(sae, x, lam, dead, "dense", matmul_dtype)
     assert set(fast.terms) == set(ref.terms)
     for name in ref.terms:
@@ -59,7 +60,11 @@ def test_topk_sparse_equals_dense(arch, k):
     _compare(sae, x)
 
 
-def test_topk_aux_loss_sparse_equals_dense():
+@pytest.mark.parametrize("dense_from", [0.05, 1.01])
+def test_topk_aux_loss_sparse_equals_dense(dense_from, monkeypatch):
+    """AuxK with k_aux = 8 of 86 dead latents (9%): on dense (tokens × dead) products with the
+    switch at 5%, on sparse codes with it out of reach; both equal the dense reference."""
+    monkeypatch.setattr(codes, "AUX_DENSE_FRACTION", dense_from)
     sae = _sae("topk", 1, k=8)
     x = torch.randn(B, D)
     dead = torch.zeros(N, dtype=torch.bool)
@@ -91,6 +96,30 @@ def test_jumprelu_window_entries_train_the_threshold():
     with torch.no_grad():
         sae.threshold.fill_(0.3)
     _compare(sae, x, lam=2.0)
+    assert sae.threshold.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("loss", ["quadratic", "l0"])
+@pytest.mark.parametrize("matmul_dtype", [None, torch.bfloat16])
+def test_jumprelu_sparse_codes_in_a_dense_window_equal_dense(loss, matmul_dtype):
+    """ "auto" with a kernel window above max_density but codes below it: sparse codes, θ's
+    window gradient from one dense ∂L/∂x̂·W_decᵀ; every term (frequency cap, AuxK, pre-act loss
+    on dead latents) and gradient equals the dense path's."""
+    x = torch.randn(B, D)
+    pre = _sae("jumprelu", 8).pre_acts(x).detach()
+    theta, low = float(pre.quantile(0.97)), float(pre.quantile(0.6))
+    sae = _sae("jumprelu", 8, bandwidth=theta - low, sparsity_loss=loss, max_frequency=0.02)
+    with torch.no_grad():
+        sae.threshold.fill_(theta)
+    window = float((pre > theta - sae.bandwidth / 2).float().mean())
+    assert float((pre > theta).float().mean()) < 0.1 < window  # codes sparse, window dense
+    dead = torch.zeros(N, dtype=torch.bool)
+    dead[::4] = True
+    options = KernelOptions(max_density=0.1, matmul_dtype=matmul_dtype)
+    tol = 1e-5 if matmul_dtype is None else 1e-2
+    _compare(sae, x, lam=2.0, dead=dead, tol=tol, matmul_dtype=matmul_dtype, fast=options)
+    gates = sae.workspace._gates  # the window gate said dense, the codes gate sparse
+    assert (gates["window"].sparse, gates["codes"].sparse) == (False, True)
     assert sae.threshold.grad.abs().sum() > 0
 
 
@@ -202,7 +231,8 @@ def test_two_saes_with_different_kernel_options_train_side_by_side():
 
         sae.train_forward = recorded
         saes.append((sae, paths))
-    config = saelab.TrainConfig(total_tokens=2048, batch_size=128, seed=0)
+    # float32 matmuls on any CPU: the two paths' products then differ only in summation order.
+    config = saelab.TrainConfig(total_tokens=2048, batch_size=128, seed=0, matmul_dtype="float32")
     saelab.train([sae for sae, _ in saes], data, config)
     (sparse, sparse_paths), (dense, dense_paths) = saes
     assert len(sparse_paths) == 16 and all(sparse_paths) and not any(dense_paths)

@@ -214,3 +214,25 @@ def test_rounded_budget_and_cycled_tensor_warn_with_the_numbers():
         r"training 128 tokens \(1 step\)$",
     ):
         saelab.train(saelab.create_sae("relu", 8, 16), torch.randn(300, 8), tiny)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_matmul_dtype_auto_is_bf16_only_where_the_cpu_multiplies_it(native, monkeypatch):
+    """TrainConfig.matmul_dtype reaches the SAE's kernels: "auto" → bf16 on a CPU with
+    AVX512-BF16/AMX, else the SAE's own setting; float32 and bfloat16 as named."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    x = torch.randn(512, 8)
+    expected = {"auto": torch.bfloat16 if native else None, "float32": None}
+    expected["bfloat16"] = torch.bfloat16
+    for name, dtype in expected.items():
+        sae = saelab.create_sae("jumprelu", 8, 32, seed=0)
+        saelab.train(
+            sae, x, saelab.TrainConfig(total_tokens=256, batch_size=128, matmul_dtype=name)
+        )
+        assert sae.kernels.matmul_dtype == dtype, name
+
+
+def test_matmul_dtype_is_checked():
+    with pytest.raises(ValueError, match=r"matmul_dtype.*'auto', 'float32', 'bfloat16', 'float16'"):
+        saelab.TrainConfig(matmul_dtype="float64")
