@@ -13,6 +13,10 @@ normalisation estimate and init included). Peak RSS is the child's, data rows in
     .venv/bin/python benchmarks/train_run.py --cache /work/cache/l6 \\
         --heldout /work/cache/l6-heldout --out benchmarks/results-train-run-cpu.jsonl
 
+saelab's rows use its defaults (on a CPU with AVX512-BF16 or AMX that includes a bf16 encoder
+matmul, docs/training.md "Matmul dtype"); the "+fp32" rows repeat JumpReLU and TopK with
+--matmul-dtype float32, the full-precision product every CPU uses without native bf16.
+
 Rows already in --out are kept and skipped (a killed run continues); the table is printed at
 the end with the ratios of rows measured in the same file.
 """
@@ -38,8 +42,12 @@ PLAN = [
     ("saelab", "jumprelu", ".venv"),
     ("saelab", "topk", ".venv"),
     ("saelab", "batchtopk", ".venv"),
+    ("saelab", "jumprelu+fp32", ".venv"),
+    ("saelab", "topk+fp32", ".venv"),
 ]
-# Which peer row each saelab row is compared with.
+# Variant suffixes: the same training with one setting changed (peers.py --set).
+SUFFIXES = {"fp32": ["--set", "matmul_dtype=float32"]}  # float32 encoder matmul on any CPU
+# Which peer row each saelab row (by its variant before any "+suffix") is compared with.
 PEER_OF = {"jumprelu": "jumprelu-target", "topk": "topk", "batchtopk": "topk"}
 
 
@@ -52,9 +60,11 @@ def run_one(args: argparse.Namespace, library: str, variant: str, venv: str) -> 
     scratch.unlink(missing_ok=True)
     load = os.getloadavg()[0]
     start = time.perf_counter()
+    base, _, suffix = variant.partition("+")
     subprocess.run(
         [str(python), "benchmarks/peers.py", "--cache", args.cache, "--heldout", args.heldout,
-         "--library", library, "--variant", variant, "--tokens", str(args.tokens),
+         "--library", library, "--variant", base, *SUFFIXES.get(suffix, []),
+         "--tokens", str(args.tokens),
          "--width", str(args.width), "--k", str(args.k), "--target-l0", str(args.k),
          "--batch-size", str(args.batch_size), "--heldout-tokens", str(args.heldout_tokens),
          "--seed", str(args.seed), "--out", str(scratch)],
@@ -64,6 +74,7 @@ def run_one(args: argparse.Namespace, library: str, variant: str, venv: str) -> 
     scratch.unlink()
     row.pop("settings")
     row |= {
+        "variant": variant,
         "venv": venv,
         "load_before": load,
         "load_after": os.getloadavg()[0],
@@ -89,8 +100,9 @@ def table(rows: list[dict]) -> str:
     for r in sorted(rows, key=lambda r: r["library"] != "saelab"):
         ratios = ["", ""]
         if r["library"] == "saelab":
-            for i, peer in enumerate((("saelens", PEER_OF[r["variant"]]), ("sparsify", "topk"))):
-                if peer in by and (i == 0 or r["variant"] == "topk"):
+            base = r["variant"].partition("+")[0]
+            for i, peer in enumerate((("saelens", PEER_OF[base]), ("sparsify", "topk"))):
+                if peer in by and (i == 0 or base == "topk"):
                     ratios[i] = f"{r['tokens_per_s'] / by[peer]['tokens_per_s']:.2f}×"
         lines.append(
             f"| {r['library']} | {r['variant']} | {r['tokens_per_s']:,.0f} | {ratios[0]} | "

@@ -63,7 +63,7 @@ def resolve_provenance(
 
 def spliced_hook(sae: SAE, hook: str) -> str:
     """Where the SAE's output replaces the LM's activation: `hook` (its input), or for a
-    transcoder its target hook (SPEC §2.6), reading `hook`, which becomes its recorded input."""
+    transcoder its target hook (SPEC §2.6), while it reads `hook`."""
     if not sae.cfg.transcoder:
         return hook
     if not sae.cfg.target_hook_name:
@@ -71,7 +71,6 @@ def spliced_hook(sae: SAE, hook: str) -> str:
             "this transcoder's cfg.json records no target_hook_name: the hook it predicts is "
             "unknown, so it cannot be spliced in"
         )
-    sae.cfg.hook_name = hook
     return sae.cfg.target_hook_name
 
 
@@ -117,7 +116,11 @@ def run_eval_command(
     held = list(batches)  # small (token ids): checked against a cached reference's tokens
     ref_path, reference = find_reference(lm, splice, eval_config, held, reuse_reference)
     evaluator = SplicedEvaluator(
-        sae, lm, splice, record_reference=ref_path is not None and reference is None
+        sae,
+        lm,
+        splice,
+        record_reference=ref_path is not None and reference is None,
+        input_hook=hook_name,
     )
     done = 0
     with token_progress("evaluating", tokens) as on_progress:

@@ -85,6 +85,7 @@ class MultiSplicedEvaluator:
         *,
         isolate_failures: bool = False,
         record_reference: bool = False,
+        inputs: Sequence[str] | None = None,
     ) -> None:
         if not saes:
             raise ValueError("MultiSplicedEvaluator needs at least one SAE")
@@ -99,8 +100,9 @@ class MultiSplicedEvaluator:
         self.shared_sums = {"ce_clean": 0.0, "ce_zero": 0.0}
         self.sae_sums = [{"ce_sae": 0.0, "kl": 0.0} for _ in self.saes]
         self.n_predictions = 0
-        # What each SAE reads: the hook itself, or a transcoder's input hook (SPEC §2.6).
-        self.reads = [input_hook(sae, hook) for sae in self.saes]
+        # What each SAE reads: `inputs` when given, else the hook itself or a transcoder's
+        # recorded input hook (SPEC §2.6).
+        self.reads = list(inputs or [input_hook(sae, hook) for sae in self.saes])
         self._prefix = SharedPrefix(lm.model, hook, [r for r in self.reads if r != hook])
         head = lm.model.get_output_embeddings()
         self._chunk_rows = max(1, LOGIT_CHUNK_ELEMENTS // head.weight.shape[0])
@@ -312,8 +314,12 @@ class SplicedEvaluator(MultiSplicedEvaluator):
         special_ids: list[int] | None = None,
         *,
         record_reference: bool = False,
+        input_hook: str | None = None,
     ) -> None:
-        super().__init__([sae], lm, hook, special_ids, record_reference=record_reference)
+        inputs = None if input_hook is None else [input_hook]
+        super().__init__(
+            [sae], lm, hook, special_ids, record_reference=record_reference, inputs=inputs
+        )
         self.sae = sae
         self.tensor = self.tensors[0]
 
