@@ -5,7 +5,13 @@ matmul_dtype=..., compile=...)`, and its own Workspace (`sae.workspace`); the pu
 unchanged and nothing is process-global.
 """
 
-from saelab.kernels.codes import batch_topk_codes, jumprelu_window, sparse_aux_k_loss, topk_codes
+from saelab.kernels.codes import (
+    DeadColumns,
+    batch_topk_codes,
+    jumprelu_window,
+    sparse_aux_k_loss,
+    topk_codes,
+)
 from saelab.kernels.decoder import SparseDecoder, sparse_decode
 from saelab.kernels.encoder import (
     DenseEncoder,
@@ -24,6 +30,7 @@ from saelab.kernels.pattern import SparseCodes, SparsePattern
 from saelab.kernels.workspace import Workspace
 
 __all__ = [
+    "DeadColumns",
     "DenseEncoder",
     "KernelOptions",
     "SparseCodes",

@@ -8,6 +8,8 @@ in a single process.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -164,11 +166,24 @@ def jumprelu_window(
 AUX_DENSE_FRACTION = 0.2
 
 
+class DeadColumns(NamedTuple):
+    """The dead latents' indices and their columns of π, gathered once for every dead-latent
+    term (AuxK, JumpReLU's pre-activation loss): a (tokens × dead) copy, not a masked full one."""
+
+    cols: Tensor
+    pre: Tensor
+
+    @classmethod
+    def of(cls, pre: Tensor, dead_mask: Tensor) -> DeadColumns:
+        cols = dead_mask.nonzero().squeeze(1)
+        return cls(cols, pre.detach().index_select(1, cols))
+
+
 def sparse_aux_k_loss(
     e: Tensor,
     sae_in: Tensor,
     pre: Tensor,
-    dead_mask: Tensor,
+    dead_columns: DeadColumns,
     k_aux: int,
     W_enc: Tensor,
     b_enc: Tensor,
@@ -181,10 +196,8 @@ def sparse_aux_k_loss(
     over the global batch (aux_k_denominator). Only dead columns are read: sparse codes when
     k_aux is a small share of them, else dense (tokens × dead) products (AUX_DENSE_FRACTION).
     """
-    dead = dead_mask.nonzero().squeeze(1)
+    dead, pre_dead = dead_columns
     k = min(k_aux, dead.numel())
-    # Select among the dead columns only: a (B, n_dead) copy instead of a masked (B, n) one.
-    pre_dead = pre.index_select(1, dead)
     top = pre_dead.topk(k, dim=-1, sorted=False).indices
     if k >= AUX_DENSE_FRACTION * dead.numel():
         z = dense_pre_acts_with_grad(sae_in, W_enc[:, dead], b_enc[dead], pre_dead, b_dec)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from saelab.lm.dtypes import parse_dtype
+
 MODES = ("auto", "dense", "sparse")
 # "auto" goes sparse when at most this fraction of the (tokens × latents) entries is touched.
 # On a 2-core CPU at 4096 × 640 × 16,384 the sparse step is the faster up to ~20% (JumpReLU) and
@@ -79,7 +81,8 @@ def resolve_matmul_dtype(
     named, "auto" → bfloat16 on native hardware, else `current` (what the SAE's kernels say)."""
     if name == "auto":
         return torch.bfloat16 if native_bf16_matmul(device) else current
-    return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    dtype = parse_dtype(name)
+    return None if dtype == torch.float32 else dtype
 
 
 def matmul_autocast(

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from saelab.kernels import (
+    DeadColumns,
     SparseCodes,
     SparsePattern,
     dense_pre_acts_with_grad,
@@ -239,16 +240,15 @@ class JumpReLUSAE(SAE):
         over = (excess > 0).to(frequency.dtype)
         return excess.sum() + (over * (frequency - frequency.detach())).sum()
 
-    def pre_act_loss(self, pre: Tensor, dead: Tensor) -> Tensor:
-        """λ_P·Σ_dead ReLU(θ_i − π_i)·‖d_i‖ per token (SPEC §2.4), pre without a graph.
+    def pre_act_loss(self, dead: DeadColumns) -> Tensor:
+        """λ_P·Σ_dead ReLU(θ_i − π_i)·‖d_i‖ per token (SPEC §2.4), π without a graph.
 
         Given to θ only: with the π-gradient too, training diverged at 500k tokens
         (docs/jumprelu-training.md); AuxK gives dead latents their encoder gradient instead.
         """
-        cols = dead.nonzero().squeeze(1)
-        gap = (self.threshold[cols] - pre.index_select(1, cols).to(self.threshold.dtype)).relu()
-        norms = self.W_dec[cols].norm(dim=1).detach().to(gap.dtype)
-        return self.cfg.pre_act_coefficient * (gap * norms).sum() / pre.shape[0]
+        gap = (self.threshold[dead.cols] - dead.pre.to(self.threshold.dtype)).relu()
+        norms = self.W_dec[dead.cols].norm(dim=1).detach().to(gap.dtype)
+        return self.cfg.pre_act_coefficient * (gap * norms).sum() / dead.pre.shape[0]
 
     def train_forward(
         self,
@@ -286,17 +286,21 @@ class JumpReLUSAE(SAE):
         dead: Tensor | None,
         aux,
     ) -> dict[str, Tensor]:
-        """The named loss terms; frequency() and aux() are computed only when used."""
+        """The named loss terms; frequency() and aux(dead columns) are computed only when used."""
         terms = {
             "mse_loss": self.reconstruction_loss(y, x, x_hat, codes),
             "sparsity_loss": sparsity,
         }
         if self.cfg.max_frequency < 1:
             terms["frequency_loss"] = self.frequency_loss(frequency())
-        if dead is not None and self.cfg.aux_coefficient > 0:
-            terms["aux_loss"] = self.cfg.aux_coefficient * aux()
-        if dead is not None and self.cfg.pre_act_coefficient > 0:
-            terms["pre_act_loss"] = self.pre_act_loss(pre.detach(), dead)
+        dead_terms = self.cfg.aux_coefficient > 0 or self.cfg.pre_act_coefficient > 0
+        if dead is None or not dead_terms:
+            return terms
+        columns = DeadColumns.of(pre, dead)
+        if self.cfg.aux_coefficient > 0:
+            terms["aux_loss"] = self.cfg.aux_coefficient * aux(columns)
+        if self.cfg.pre_act_coefficient > 0:
+            terms["pre_act_loss"] = self.pre_act_loss(columns)
         return terms
 
     def _dense_train_forward(
@@ -321,7 +325,7 @@ class JumpReLUSAE(SAE):
             lambda: step.mean(0),
             pre,
             dead,
-            lambda: aux_k_loss(y2, x_hat, pre, self.W_dec, dead, self.k_aux),
+            lambda _: aux_k_loss(y2, x_hat, pre, self.W_dec, dead, self.k_aux),
         )
         return TrainOutput(sum(terms.values()), terms, f, x_hat.reshape(y.shape))
 
@@ -426,11 +430,11 @@ class JumpReLUSAE(SAE):
             frequency,
             pre,
             dead,
-            lambda: sparse_aux_k_loss(
+            lambda columns: sparse_aux_k_loss(
                 (y2 - x_hat).detach(),
                 sae_in,
                 pre.detach(),
-                dead,
+                columns,
                 self.k_aux,
                 self.W_enc,
                 self.b_enc,

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from saelab.kernels import (
+    DeadColumns,
     SparseCodes,
     SparsePattern,
     matmul_autocast,
@@ -106,8 +107,9 @@ class MatryoshkaSAE(BatchTopKSAE):
             codes = SparseCodes(*self.sparse_train_codes(sae_in, pre, b_dec))
 
             def aux(e: Tensor) -> Tensor:
+                columns = DeadColumns.of(pre, dead)
                 return sparse_aux_k_loss(
-                    e, sae_in, pre, dead, self.k_aux, self.W_enc, self.b_enc, self.W_dec, b_dec
+                    e, sae_in, pre, columns, self.k_aux, self.W_enc, self.b_enc, self.W_dec, b_dec
                 )
 
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from saelab.kernels import (
+    DeadColumns,
     SparseCodes,
     SparsePattern,
     matmul_autocast,
@@ -93,8 +94,9 @@ class TopKSAE(SAE):
         terms = {"mse_loss": squared_error(y2, x_hat)}
         if dead_mask is not None and bool(dead_mask.any()):
             e = (y2 - x_hat).detach()
+            dead = DeadColumns.of(pre, dead_mask)
             aux = sparse_aux_k_loss(
-                e, sae_in, pre, dead_mask, self.k_aux, self.W_enc, self.b_enc, self.W_dec, b_dec
+                e, sae_in, pre, dead, self.k_aux, self.W_enc, self.b_enc, self.W_dec, b_dec
             )
             terms["aux_loss"] = self.cfg.aux_coefficient * aux
         codes = SparseCodes(pattern, values)
