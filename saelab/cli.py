@@ -166,6 +166,22 @@ def eval_command(
     probing_tokens: Annotated[
         int, typer.Option(help="Labelled held-out tokens for --probing.")
     ] = 8192,
+    absorption: Annotated[
+        bool,
+        typer.Option(
+            help="Also measure feature absorption on the first-letter task (SPEC §3, SAEBench's "
+            "metric): letter probes on the activations of vocabulary words in spelling "
+            "prompts, the letter's main latents by k-sparse probing, and the share of the "
+            'probe direction other latents carry instead; results in eval.json "absorption".'
+        ),
+    ] = False,
+    absorption_words: Annotated[
+        int,
+        typer.Option(
+            help="Vocabulary words for --absorption (80% fit the probes, 20% are scored); each "
+            "is one LM pass over about 70 prompt tokens."
+        ),
+    ] = 8000,
 ) -> None:
     """SPEC §3 metrics + spliced-LM loss on held-out text → eval.json, latent stats, density plot."""
     from rich.console import Console
@@ -179,6 +195,7 @@ def eval_command(
             batch_size=batch_size, context_size=context_size, device=device, dtype=dtype,
             seed=seed, out=out, reuse_reference=reuse_reference,
             probing_tokens=probing_tokens if probing else 0,
+            absorption_words=absorption_words if absorption else 0,
         )  # fmt: skip
     if report["n_tokens"] < tokens:
         typer.echo(f"Warning: the held-out split had only {report['n_tokens']:,} tokens.", err=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,12 @@ from torch import Tensor
 
 from saelab.data.corpora import load_corpus
 from saelab.data.progress import token_progress
+from saelab.evals.absorption import (
+    absorption,
+    build_letter_set,
+    load_letter_set,
+    save_letter_set,
+)
 from saelab.evals.density import (
     DENSITY_PLOT_FILE,
     LATENT_STATS_FILE,
@@ -21,7 +27,7 @@ from saelab.evals.density import (
 )
 from saelab.evals.metrics import MetricsAccumulator
 from saelab.evals.probing import build_probing_set, sparse_probing
-from saelab.evals.reference import find_reference, save_reference
+from saelab.evals.reference import find_reference, reference_path, save_reference
 from saelab.evals.report import build_report, write_report
 from saelab.evals.settings import EvalSettings
 from saelab.evals.spliced import SplicedEvaluator
@@ -89,16 +95,24 @@ def run_eval_command(
     out: Path | None,
     reuse_reference: bool = True,
     probing_tokens: int = 0,
+    absorption_words: int = 0,
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate an SAE (SPEC §3); write eval.json, latent stats and density plot beside it.
 
     reuse_reference: read the SAE-independent passes of these settings from saelab's cache
     (computing and saving them the first time; saelab.evals.reference). probing_tokens > 0
     adds sparse probing on that many labelled held-out tokens (saelab.evals.probing) as
-    eval.json's "probing". Returns (the eval.json document, its path).
+    eval.json's "probing"; absorption_words > 0 the first-letter absorption metric on that many
+    vocabulary words (saelab.evals.absorption) as "absorption". Returns (the eval.json
+    document, its path).
     """
     start = time.perf_counter()
     sae = load_sae(path)
+    if absorption_words > 0 and sae.cfg.transcoder:
+        raise ValueError(
+            f"--absorption needs an SAE that reconstructs its input; {path} is a transcoder "
+            "(its decoder writes another hook's space, where the letter probes do not live)"
+        )
     model_name, hook_name = resolve_provenance(sae, path, model, hook)
     splice = spliced_hook(sae, hook_name)
     source = load_corpus(corpus)
@@ -134,6 +148,10 @@ def run_eval_command(
     if probing_tokens > 0:
         documents = source.documents(seed=seed, split="heldout")
         sections["probing"] = probe(sae, lm, hook_name, documents, probing_tokens, context_size)
+    if absorption_words > 0:
+        sections["absorption"] = first_letter_absorption(
+            sae, lm, hook_name, absorption_words, seed, reuse_reference
+        )
     return save_eval(
         out or default_output(path),
         metrics=metrics,
@@ -155,11 +173,41 @@ def probe(
             lm, hook, documents, tokens, context, lambda n: on_progress(n, tokens)
         )
 
+    return {"tokens": len(data.labels), "tasks": sparse_probing(cpu_encoder(sae), data)}
+
+
+def first_letter_absorption(
+    sae: SAE, lm: LanguageModel, hook: str, words: int, seed: int, reuse: bool
+) -> dict[str, Any]:
+    """eval.json's "absorption": the first-letter absorption metric (SPEC §3). With `reuse`,
+    the words' activations (SAE-independent) are read from and saved to saelab's cache."""
+    settings = {
+        "task": "first-letter absorption",
+        "words": words,
+        "seed": seed,
+        "device": str(lm.device),
+        "dtype": dtype_name(lm.dtype),
+    }
+    path = reference_path(lm, hook, settings) if reuse else None
+    data = load_letter_set(path) if path is not None else None
+    if data is None:
+        with token_progress("absorption prompts", words) as on_progress:
+            data = build_letter_set(
+                lm, hook, words, seed, on_progress=lambda n: on_progress(n, words)
+            )
+        if path is not None:
+            save_letter_set(path, data)
+    return absorption(cpu_encoder(sae), sae.W_dec.detach().cpu(), data)
+
+
+def cpu_encoder(sae: SAE) -> Callable[[Tensor], Tensor]:
+    """x (N, d) on the CPU → the SAE's codes (N, n) float32 on the CPU, without a graph."""
+
     @torch.no_grad()
     def encode(x: Tensor) -> Tensor:
         return sae.encode(x.to(sae.device, sae.W_dec.dtype)).float().cpu()
 
-    return {"tokens": len(data.labels), "tasks": sparse_probing(encode, data)}
+    return encode
 
 
 def save_eval(

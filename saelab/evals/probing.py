@@ -129,11 +129,21 @@ def build_probing_set(
     return ProbingSet(torch.cat(rows)[:tokens], torch.cat(labels)[:tokens])
 
 
-def fit_logistic(x: Tensor, y: Tensor, l2: float = L2) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(w, b, mean, std): minimises mean log-loss + (l2/2)‖w‖² on standardised x (float64)."""
+def fit_logistic(
+    x: Tensor, y: Tensor, l2: float = L2, balanced: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(w, b, mean, std): minimises mean log-loss + (l2/2)‖w‖² on standardised x (float64).
+
+    balanced: each class weighs half of the log-loss (a sample of class c weighs N/(2·N_c)),
+    for tasks where one class is rare (a letter against the other 25)."""
     x = x.double()
     mean, std = x.mean(0), x.std(0).clamp_min(1e-8)
     z, t = (x - mean) / std, y.double()
+    weight = None
+    if balanced:
+        positives = t.sum().clamp_min(1)
+        negatives = (len(t) - t.sum()).clamp_min(1)
+        weight = len(t) / 2 * (t / positives + (1 - t) / negatives)
     w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS(
@@ -144,7 +154,7 @@ def fit_logistic(x: Tensor, y: Tensor, l2: float = L2) -> tuple[Tensor, Tensor, 
     def objective() -> Tensor:
         opt.zero_grad()
         logits = z @ w + b
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, t)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, t, weight)
         loss = loss + 0.5 * l2 * w.pow(2).sum()
         loss.backward()
         return loss

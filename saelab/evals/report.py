@@ -93,7 +93,12 @@ def report_table(report: dict[str, Any]) -> Table:
     )
     for column in ("group", "metric", "value"):
         table.add_column(column)
-    for group, values in report["metrics"].items():
+    groups = dict(report["metrics"])
+    if "probing" in report:
+        groups["probing (mean accuracy)"] = report["probing"]["tasks"].get("mean", {})
+    if "absorption" in report:
+        groups["absorption (mean over letters)"] = report["absorption"]["mean"]
+    for group, values in groups.items():
         for index, (key, value) in enumerate(values.items()):
             table.add_row(group if index == 0 else "", key, _fmt(value))
     return table

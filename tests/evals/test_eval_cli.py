@@ -118,6 +118,48 @@ def test_probing_a_corpus_without_python_source_is_a_clear_error(sae_dir, tmp_pa
     assert "sparse probing needs Python source" in result.output
 
 
+def test_absorption_adds_the_first_letter_metric_and_its_table_rows(sae_dir, tmp_path):
+    out = tmp_path / "absorption.json"
+    result = _invoke(str(sae_dir), *FAST, "--out", str(out), "--absorption",
+                     "--absorption-words", "120")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "absorption (mean over letters)" in result.stdout
+    absorption = json.loads(out.read_text())["absorption"]
+    assert (absorption["words"], absorption["train"], absorption["test"]) == (120, 96, 24)
+    assert set(absorption["mean"]) >= {"letters", "probe_f1"}
+    for letter, row in absorption["letters"].items():
+        assert len(letter) == 1 and 0 <= row["mean_absorption_fraction"] <= 1, letter
+        assert 0 <= row["full_absorption_rate"] <= 1 and 0 <= row["probe_f1"] <= 1, letter
+
+
+def test_absorption_reuses_the_words_activations_of_the_first_evaluation(
+    sae_dir, tmp_path, monkeypatch
+):
+    args = [str(sae_dir), *FAST, "--absorption", "--absorption-words", "120"]
+    assert _invoke(*args, "--out", str(tmp_path / "a.json")).exit_code == 0
+
+    def no_lm_pass(*args, **kwargs):
+        raise AssertionError("the letter set was built again")
+
+    monkeypatch.setattr("saelab.evals.command.build_letter_set", no_lm_pass)
+    result = _invoke(*args, "--out", str(tmp_path / "b.json"))
+    assert result.exit_code == 0, result.output
+    first, second = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    assert first["absorption"] == second["absorption"]
+
+
+def test_absorption_of_a_transcoder_is_a_clear_error(tiny_model, tmp_path):
+    sae = saelab.create_sae("topk", 64, 128, k=4, d_out=64, model_name=str(tiny_model("llama")),
+                            hook_name="blocks.1.hook_mlp_in",
+                            target_hook_name="blocks.1.hook_mlp_out")  # fmt: skip
+    path = sae.save(tmp_path / "transcoder")
+    result = _invoke(str(path), *FAST, "--absorption")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"--absorption needs an SAE that reconstructs its input; {path} is a transcoder" in (
+        result.output.replace("\n", "")
+    )
+
+
 def test_gemma_scope_npz_needs_model_and_hook_and_writes_beside_it(tiny_model, tmp_path):
     sae = saelab.create_sae("jumprelu", 64, 128, seed=2)
     sae.fold_normalization(1.0)  # Gemma Scope files have no pre-encoder bias
@@ -167,7 +209,7 @@ def test_help_lists_every_option():
     assert result.exit_code == 0
     for option in ("--model", "--hook", "--corpus", "--tokens", "--batch-size", "--context-size",
                    "--device", "--dtype", "--seed", "--out", "--json", "--probing",
-                   "--probing-tokens"):  # fmt: skip
+                   "--probing-tokens", "--absorption", "--absorption-words"):  # fmt: skip
         assert option in result.output
 
 

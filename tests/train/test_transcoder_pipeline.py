@@ -93,3 +93,45 @@ def test_analyze_and_dashboard_read_a_transcoder_at_its_input_hook(trained_run, 
     site = runner.invoke(app, ["dashboard", str(trained_run), "--out", str(tmp_path / "site")])
     assert site.exit_code == 0, site.output
     assert (tmp_path / "site" / "index.html").is_file()
+
+
+def test_sweep_trains_transcoders_and_evaluates_each_as_saelab_eval_does(
+    two_hook_cache, text_corpus_dir, tmp_path
+):
+    """`saelab sweep --target-hook`: every member is a transcoder IN → OUT, spliced in at OUT,
+    and its sweep evaluation equals a separate `saelab eval` of the same files on the same
+    held-out tokens."""
+    import json
+
+    from saelab.evals.sweep_table import read_csv
+
+    out = tmp_path / "sweep"
+    args = [
+        "sweep", "--cache", str(two_hook_cache), "--hook", IN, "--target-hook", OUT,
+        "--arch", "topk,jumprelu", "--k", "8", "--width", "128", "--tokens", "4096",
+        "--batch-size", "128", "--eval-tokens", "200", "--eval-batch-size", "4",
+        "--out", str(out),
+    ]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = read_csv(out / "sweep.csv")
+    assert [r["name"] for r in rows] == ["topk-k8", "jumprelu-default"]
+    for row in rows:
+        member = out / row["name"]
+        cfg = saelab.load_sae(member).cfg
+        assert (cfg.hook_name, cfg.target_hook_name, cfg.d_out) == (IN, OUT, 64)
+        swept = json.loads((member / "eval.json").read_text())
+        assert (swept["eval_config"]["hook"], swept["eval_config"]["input_hook"]) == (OUT, IN)
+        alone = tmp_path / f"{row['name']}.json"
+        single = runner.invoke(app, [
+            "eval", str(member), "--corpus", str(text_corpus_dir), "--tokens", "200",
+            "--batch-size", "4", "--context-size", "32", "--device", "cpu", "--out", str(alone),
+        ])  # fmt: skip
+        assert single.exit_code == 0, single.output
+        report = json.loads(alone.read_text())
+        assert report["n_tokens"] == swept["n_tokens"]
+        for group, values in swept["metrics"].items():
+            for name, value in values.items():
+                assert report["metrics"][group][name] == pytest.approx(
+                    value, rel=1e-5, abs=1e-6
+                ), (row["name"], name)
