@@ -132,6 +132,7 @@ def test_sweep_trains_transcoders_and_evaluates_each_as_saelab_eval_does(
         assert report["n_tokens"] == swept["n_tokens"]
         for group, values in swept["metrics"].items():
             for name, value in values.items():
-                assert report["metrics"][group][name] == pytest.approx(
-                    value, rel=1e-5, abs=1e-6
-                ), (row["name"], name)
+                assert report["metrics"][group][name] == pytest.approx(value, rel=1e-5, abs=1e-6), (
+                    row["name"],
+                    name,
+                )
