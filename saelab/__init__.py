@@ -13,6 +13,7 @@ from saelab.lazy import lazy_package
 if TYPE_CHECKING:
     from saelab.evals.metrics import evaluate
     from saelab.formats.load import load_sae
+    from saelab.interventions.attribution import attribute
     from saelab.lm import load_model
     from saelab.sae import SAE, SAEConfig, create_sae
     from saelab.train import TrainConfig, train
@@ -24,6 +25,7 @@ __all__ = [
     "SAEConfig",
     "TrainConfig",
     "__version__",
+    "attribute",
     "create_sae",
     "evaluate",
     "load_model",
@@ -37,6 +39,7 @@ lazy_package(
         "SAE": "saelab.sae",
         "SAEConfig": "saelab.sae",
         "TrainConfig": "saelab.train.config",
+        "attribute": "saelab.interventions.attribution",
         "create_sae": "saelab.sae",
         "evaluate": "saelab.evals.metrics",
         "load_model": "saelab.lm.loading",

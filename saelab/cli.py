@@ -220,6 +220,7 @@ app.command("steer")(interventions_cli.steer_command)
 app.command("ablate")(interventions_cli.ablate_command)
 app.command("prompt")(interventions_cli.prompt_command)
 app.command("contrast")(interventions_cli.contrast_command)
+app.command("attribute")(interventions_cli.attribute_command)
 
 from saelab.analysis.cli import analyze_command, neuronpedia_command  # noqa: E402
 from saelab.explorer.cli import dashboard_command, serve_command  # noqa: E402

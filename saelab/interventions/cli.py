@@ -246,3 +246,68 @@ def contrast_command(
         context_size=context_size, batch_size=batch_size, text_field=text_field,
         features=features, exclude_dense=exclude_dense, dense_threshold=dense_threshold,
     )  # fmt: skip
+
+
+def attribute_command(
+    runs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="RUN [RUN2 ...]",
+            help="SAEs to splice in together (runs, saelab/SAELens directories or .npz), each "
+            "at the hook its cfg records; a transcoder writes its target hook.",
+        ),
+    ],
+    prompt: Prompt,
+    target: Annotated[
+        str,
+        typer.Option(
+            help="Next token whose log-probability is explained, one token (often with its "
+            'leading space: " Paris").'
+        ),
+    ],
+    metric: Annotated[
+        str,
+        typer.Option(
+            help="logprob: m = log p(target) at the last position; logit-diff: m = "
+            "logit(target) − logit(--contrast)."
+        ),
+    ] = "logprob",
+    contrast: Annotated[
+        str | None, typer.Option(help="The other token of --metric logit-diff.")
+    ] = None,
+    top: Annotated[int, typer.Option(help="Latents shown per position (all SAEs).")] = 3,
+    edges: Annotated[
+        int,
+        typer.Option(
+            help="With two or more SAEs: the strongest edges between consecutive SAEs to "
+            "report, from one vector-Jacobian product per downstream node (0: none)."
+        ),
+    ] = 0,
+    check: Annotated[
+        int,
+        typer.Option(
+            help="Zero-ablate the top N latents one at a time and report the measured change "
+            "of the metric beside the estimate, and their correlation (0: no check)."
+        ),
+    ] = 0,
+    model: SaeModel = None,
+    device: Device = None,
+    dtype: LmDtype = "float32",
+    json_output: JsonOutput = False,
+) -> None:
+    """Which latents cause the prediction: attribution f·∂m/∂f of every latent (SPEC §5), with
+    each SAE's error node kept so the model's output is unchanged."""
+    from rich.console import Console
+
+    from saelab.interventions.commands import run_attribute
+    from saelab.interventions.render import attribution_tables
+
+    with c.exit_on(*c.INPUT_ERRORS, OSError):
+        report = run_attribute(
+            runs, prompt=prompt, target=target, metric=metric, contrast=contrast, top=top,
+            edges=edges, check=check, model=model, device=device, dtype=dtype,
+        )  # fmt: skip
+    if json_output:
+        typer.echo(json.dumps(report))
+    else:
+        Console().print(attribution_tables(report))

@@ -213,3 +213,57 @@ def run_contrast(
         "latents": [row.to_dict() for row in rows],
         "dense": dense.to_dict(),
     }
+
+
+def run_attribute(
+    paths: list[Path],
+    *,
+    prompt: str,
+    target: str,
+    metric: str = "logprob",
+    contrast: str | None = None,
+    top: int = 3,
+    edges: int = 0,
+    check: int = 0,
+    model: str | None = None,
+    device: str | None = None,
+    dtype: str = "float32",
+) -> dict[str, Any]:
+    """Load the SAEs (one model), attribute the metric to their latents and error nodes, and
+    optionally ablate the top `check` latents to measure what the estimates predict."""
+    from saelab.interventions.attribution import (
+        attribute,
+        attribution_report,
+        check_ablations,
+        make_metric,
+    )
+
+    for name, value in (("--top", top), ("--edges", edges), ("--check", check)):
+        if value < (1 if name == "--top" else 0):
+            raise ValueError(f"{name} must be ≥ {1 if name == '--top' else 0}, got {value}")
+    if edges and len(paths) < 2:
+        raise ValueError("--edges needs SAEs at two or more hooks (give several runs)")
+    saes = [load_sae(path) for path in paths]
+    models = {
+        resolve_provenance(sae, path, model, None, f"attribute with the SAE at {path}")[0]
+        for sae, path in zip(saes, paths, strict=True)
+    }
+    if len(models) > 1:
+        raise ValueError(f"the SAEs come from different models {sorted(models)}; pass --model")
+    lm = load_model(models.pop(), device=device, dtype=dtype)
+    for sae, path in zip(saes, paths, strict=True):
+        resolve_hook(lm.model, sae.cfg.hook_name)
+        if lm.d_model != sae.cfg.d_in:
+            raise ValueError(f"{path}: SAE d_in={sae.cfg.d_in} ≠ the model's width {lm.d_model}")
+        sae.to(lm.device).eval()
+    result = attribute(lm, saes, prompt, make_metric(lm, target, metric, contrast), edges=edges)
+    checks = check_ablations(lm, result, prompt, check) if check else None
+    runs = {id(sae): path for sae, path in zip(saes, paths, strict=True)}
+    sources = [runs[id(site.sae)] for site in result.sites]
+    explanations = [
+        load_explanations(find_features_db(path), range(site.sae.cfg.d_sae))
+        for site, path in zip(result.sites, sources, strict=True)
+    ]
+    return attribution_report(
+        result, prompt, lm.name, sources, explanations, top=top, checks=checks
+    )

@@ -81,3 +81,64 @@ def contrast_table(report: dict[str, Any]) -> Group:
             Text("\n".join(lines)),
         )
     return Group(table, dense_line(report))
+
+
+def _node(report: dict[str, Any], row: dict[str, Any]) -> str:
+    """A node as text: site hook, position, latent (or error) and its explanation."""
+    hook = report["sites"][row["site"]]["write"]
+    what = "error" if row["latent"] is None else f"latent {row['latent']}"
+    text = f"{hook} @{row['position']} {row['token']!r} {what}"
+    return text + (f" — {row['explanation']}" if row.get("explanation") else "")
+
+
+def attribution_tables(report: dict[str, Any]) -> Group:
+    """Per position the top latents and each SAE's error node, then the edges and the ablation
+    check when present (saelab attribute)."""
+    metric = report["metric"]
+    name = f"log p({metric['target']!r})"
+    if metric["kind"] == "logit-diff":
+        name = f"logit({metric['target']!r}) − logit({metric['contrast']!r})"
+    table = Table(
+        title=f"Attribution to {name} = {metric['value']:.4g} · {report['model']}",
+        caption="attribution = f·∂m/∂f (a latent) or e·∂m/∂e (the error node); removing the "
+        "node changes m by about −attribution",
+    )
+    table.add_column("pos", justify="right")
+    table.add_column("token")
+    table.add_column("top latents: attribution (activation)")
+    for site in report["sites"]:
+        table.add_column(f"error {site['write']}", justify="right")
+    for row in report["positions"]:
+        cells = [
+            f"{report['sites'][n['site']]['write']} {n['latent']}: {n['attribution']:+.3g} "
+            f"({n['activation']:.3g})" + (f" {n['explanation']}" if n.get("explanation") else "")
+            for n in row["latents"]
+        ]
+        errors = [f"{e:+.3g}" for e in row["errors"]]
+        table.add_row(str(row["position"]), Text(repr(row["token"])), Text("\n".join(cells)),
+                      *errors)  # fmt: skip
+    parts: list[Any] = [table]
+    if report["edges"]:
+        edges = Table(title=f"Top {len(report['edges'])} edges (upstream → downstream)")
+        for column in ("weight", "from", "to"):
+            edges.add_column(column)
+        for edge in report["edges"]:
+            edges.add_row(
+                f"{edge['weight']:+.3g}",
+                Text(_node(report, edge["from"])),
+                Text(_node(report, edge["to"])),
+            )
+        parts.append(edges)
+    if "check" in report:
+        check = Table(title="Zero-ablation check: estimated vs measured change of the metric")
+        for column in ("node", "estimate", "measured"):
+            check.add_column(column)
+        for row in report["check"]["rows"]:
+            node = {**row, "token": report["positions"][row["position"]]["token"]}
+            check.add_row(Text(_node(report, node)), f"{row['estimate']:+.4g}",
+                          f"{row['measured']:+.4g}")  # fmt: skip
+        parts.append(check)
+        rho = report["check"]["correlation"]
+        parts.append(Text(f"correlation over {len(report['check']['rows'])} latents: "
+                          + ("undefined" if rho is None else f"{rho:.3f}")))  # fmt: skip
+    return Group(*parts)
