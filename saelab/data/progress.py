@@ -19,27 +19,34 @@ from rich.progress import (
 from rich.text import Text
 
 
-class _TokenRateColumn(ProgressColumn):
-    """Tokens per second: rich's moving-window estimate, else the mean since the start.
+class _RateColumn(ProgressColumn):
+    """Units (tokens) per second: rich's moving-window estimate, else the mean since the start.
 
     The window (30 s) holds too few updates when each batch takes long (e.g. a large LM on CPU).
     """
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
         if speed is None:
             speed = task.completed / task.elapsed if task.elapsed else 0.0
-        return Text(f"{speed:,.0f} tok/s", style="progress.data.speed")
+        return Text(f"{speed:,.0f} {self.unit}/s", style="progress.data.speed")
 
 
 @contextmanager
-def token_progress(description: str, total: int) -> Iterator[Callable[[int, int], None]]:
-    """Context manager yielding an on_progress(done, total) callback that drives the bar."""
+def token_progress(
+    description: str, total: int, unit: str = "tok"
+) -> Iterator[Callable[[int, int], None]]:
+    """Context manager yielding an on_progress(done, total) callback that drives the bar;
+    `unit` names what is counted in the rate (tokens by default)."""
     progress = Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        _TokenRateColumn(),
+        _RateColumn(unit),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),

@@ -191,7 +191,7 @@ def first_letter_absorption(
     path = reference_path(lm, hook, settings) if reuse else None
     data = load_letter_set(path) if path is not None else None
     if data is None:
-        with token_progress("absorption prompts", words) as on_progress:
+        with token_progress("absorption prompts", words, unit="words") as on_progress:
             data = build_letter_set(
                 lm, hook, words, seed, on_progress=lambda n: on_progress(n, words)
             )

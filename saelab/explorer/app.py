@@ -5,6 +5,7 @@ Routes (DESIGN.md): / (index), /latent/{i} (page), /api/latent/{i} (JSON), /api/
 (steered vs baseline generation). /static serves the CSS/JS bundle and /plots the run's figures,
 both through Starlette's StaticFiles, which refuses paths outside their folder. The model and
 SAE for the live tools load on first use (from the database's recorded model/hook/sae_path).
+POST /api/attribute {"prompt", "target"} attributes the next token to the latents (SPEC §5).
 Dense latents (saelab.analysis.dense) are left out of /api/latents and /api/analyze unless the
 request includes them, as in `saelab prompt`. No Swagger UI: FastAPI's loads its JS and CSS from
 a CDN (blank offline) and no dependency ships them; the schema stays at /api/openapi.json.
@@ -55,6 +56,15 @@ class SteerRequest(BaseModel):
     mode: Literal["add", "clamp", "ablate"] = "add"
     max_new_tokens: int = Field(24, ge=1, le=MAX_NEW_TOKENS)
     seed: int = 0
+
+
+class AttributeRequest(BaseModel):
+    """POST /api/attribute body: the prompt, the next token to explain (default: the model's
+    most likely one) and how many latents to show per position."""
+
+    prompt: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    target: str | None = Field(None, max_length=200)
+    top: int = Field(3, ge=1, le=20)
 
 
 @dataclass
@@ -231,5 +241,23 @@ def create_app(
             "prompt": result.prompt, "baseline": result.baseline, "steered": result.steered,
             "latent": request.latent, "strength": request.strength, "mode": result.mode,
         }  # fmt: skip
+
+    @app.post("/api/attribute")
+    def api_attribute(request: AttributeRequest) -> dict[str, Any]:
+        _interventions()
+        from saelab.interventions import attribution
+
+        lm, sae, hook_name = live.get()
+        with live.lock:
+            try:
+                target = request.target or attribution.predicted_token(lm, request.prompt)
+                metric = attribution.make_metric(lm, target)
+                result = attribution.attribute(lm, sae, request.prompt, metric, hooks=[hook_name])
+            except ValueError as error:
+                raise HTTPException(422, str(error)) from error
+        explanations = {r["latent"]: r["explanation"] for r in db.latents() if r["explanation"]}
+        return attribution.attribution_report(
+            result, request.prompt, lm.name, [live.sae_path], [explanations], top=request.top
+        )
 
     return app

@@ -67,6 +67,13 @@ def single_token(lm: LanguageModel, text: str, flag: str) -> int:
     return ids[0]
 
 
+def predicted_token(lm: LanguageModel, prompt: str) -> str:
+    """The model's most likely next token after `prompt`, as text."""
+    with torch.no_grad():
+        logits = lm.model(input_ids=encode_prompt(lm, prompt), use_cache=False).logits
+    return lm.tokenizer.decode([int(logits[0, -1].argmax())])
+
+
 def make_metric(
     lm: LanguageModel, target: str, kind: str = "logprob", contrast: str | None = None
 ) -> Metric:
@@ -93,13 +100,14 @@ class Site:
     graph: tuple[Tensor, Tensor] | None = None
 
 
-def sites_of(saes: Sequence[SAE]) -> list[Site]:
-    """A Site per SAE, read and write hooks from its cfg (error when it records no hook)."""
+def sites_of(saes: Sequence[SAE], hooks: Sequence[str | None] | None = None) -> list[Site]:
+    """A Site per SAE reading hooks[i], else the hook its cfg records (error when neither)."""
     sites = []
     for i, sae in enumerate(saes):
-        if not sae.cfg.hook_name:
+        hook = (hooks[i] if hooks is not None else None) or sae.cfg.hook_name
+        if not hook:
             raise ValueError(f"SAE {i} records no hook_name: attribution needs its hook")
-        sites.append(Site(sae, sae.cfg.hook_name, spliced_hook(sae, sae.cfg.hook_name)))
+        sites.append(Site(sae, hook, spliced_hook(sae, hook)))
     writes = [site.write for site in sites]
     if len(set(writes)) != len(writes):
         raise ValueError(f"two SAEs write the same hook ({writes}); splice one SAE per hook")
@@ -181,14 +189,16 @@ def attribute(
     target: str | Metric,
     *,
     edges: int = 0,
+    hooks: Sequence[str | None] | None = None,
 ) -> Attribution:
     """Attribution of every latent and error node of the spliced SAEs to the metric (SPEC §5).
 
     target: the next token's text (metric log p(target)), or a Metric (make_metric). edges > 0
     also keeps the `edges` largest edges between consecutive SAEs, from the vector-Jacobian
-    products of the top `edges` downstream nodes (by |attribution|).
+    products of the top `edges` downstream nodes (by |attribution|). hooks: the hook each SAE
+    reads (default: its cfg's hook_name).
     """
-    sites = sites_of([saes] if isinstance(saes, SAE) else list(saes))
+    sites = sites_of([saes] if isinstance(saes, SAE) else list(saes), hooks)
     metric = target if isinstance(target, Metric) else make_metric(lm, target)
     ids = encode_prompt(lm, prompt)
     with torch.enable_grad():

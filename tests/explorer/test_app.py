@@ -275,3 +275,32 @@ def test_live_tools_match_the_interventions_api(server, explorer):
     want = steer(lm, sae, sae.cfg.hook_name, "def ", {3: 20.0}, max_new_tokens=8)
     got = steered.json()
     assert (got["baseline"], got["steered"], got["mode"]) == (want.baseline, want.steered, "add")
+
+
+def test_attribute_api_matches_the_library(server, explorer):
+    from saelab.formats.load import load_sae
+    from saelab.interventions.attribution import attribute, predicted_token
+    from saelab.lm import load_model
+
+    sae = load_sae(explorer.run)
+    lm = load_model(sae.cfg.model_name, device="cpu")
+    prompt = "def square(x):\n    return x"
+    got = httpx.post(f"{server}/api/attribute", json={"prompt": prompt, "top": 2}, timeout=120)
+    assert got.status_code == 200, got.text
+    report = got.json()
+    target = predicted_token(lm, prompt)  # no target given: the model's top prediction
+    want = attribute(lm, sae, prompt, target)
+    assert report["metric"]["target"] == target
+    assert report["metric"]["value"] == pytest.approx(want.value, abs=1e-6)
+    assert [p["token"] for p in report["positions"]] == want.tokens
+    for row in report["positions"]:
+        for node in row["latents"]:
+            expected = float(want.latents[0][row["position"], node["latent"]])
+            assert node["attribution"] == pytest.approx(expected, rel=1e-4, abs=1e-9)
+            if node["latent"] == explorer.explained:
+                assert node["explanation"] == explorer.explanation
+        assert len(row["latents"]) <= 2
+    too_long = httpx.post(f"{server}/api/attribute", json={"prompt": prompt, "target": "zzqxj"})
+    assert too_long.status_code == 422 and "--target 'zzqxj' is" in too_long.json()["detail"]
+    empty = httpx.post(f"{server}/api/attribute", json={"prompt": ""})
+    assert empty.status_code == 422

@@ -7,10 +7,12 @@ Screenshots go to $SAELAB_TEST_ARTIFACTS (default: test-artifacts/ in the reposi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
 from saelab.analysis import FeatureDB
@@ -124,6 +126,37 @@ def test_served_app_on_loopback(browser, explorer):
         )
         shown = browser.find_elements(By.CSS_SELECTOR, "#analyze-out td a")
         assert shown and str(explorer.always_on) not in [a.text for a in shown]
+
+
+def test_explain_this_prediction_panel_renders_latents_and_the_graph(browser, explorer):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with running_server(create_app(explorer.run / "features.sqlite", device="cpu")) as url:
+        browser.get(f"{url}/")
+        prompt = "def square(x):\n    return x"
+        browser.find_element(By.CSS_SELECTOR, "#attribute-form textarea").send_keys(prompt)
+        browser.find_element(By.CSS_SELECTOR, "#attribute-form button").click()
+        graph = WebDriverWait(browser, 120).until(
+            ec.presence_of_element_located((By.ID, "attribute-graph"))
+        )
+        metric = browser.find_element(By.ID, "attribute-metric").text
+        assert metric.startswith("m = log p(")
+        rows = browser.find_elements(By.CSS_SELECTOR, "#attribute-table tr")
+        report = httpx.post(f"{url}/api/attribute", json={"prompt": prompt}, timeout=120).json()
+        assert len(rows) == 1 + len(report["positions"])  # a header, then one row per token
+        assert metric == f"m = log p({json.dumps(report['metric']['target'])}) = " + (
+            browser.execute_script("return fmt(arguments[0])", report["metric"]["value"])
+        )
+        links = browser.find_elements(By.CSS_SELECTOR, "#attribute-table td a")
+        assert links and all(a.get_attribute("href").startswith(f"{url}/latent/") for a in links)
+        nodes = graph.find_elements(By.CSS_SELECTOR, "circle.node")
+        edges = graph.find_elements(By.CSS_SELECTOR, "line.edge")
+        assert len(nodes) == len(links) and len(edges) >= len(nodes)
+        assert graph.size["width"] > 100 and graph.size["height"] > 100
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        assert browser.save_screenshot(str(ARTIFACTS / "explain-prediction.png"))
 
 
 def _rows(driver) -> list[int]:
