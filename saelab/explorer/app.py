@@ -36,6 +36,8 @@ from saelab.explorer.render import (
 )
 
 LINKS = Links("/", "/latent/{i}", f"/plots/{OVERVIEW_FILE}")
+# Edges "Explain this prediction" reports between the served SAE and the --circuit ones.
+CIRCUIT_EDGES = 20
 
 
 class AnalyzeRequest(BaseModel):
@@ -75,7 +77,9 @@ class LiveModel:
     hook: str | None
     sae_path: str | None
     device: str | None = None
+    circuit: tuple[str, ...] = ()
     _loaded: tuple | None = field(default=None, init=False)
+    _circuit: list | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def get(self) -> tuple[Any, Any, str]:
@@ -97,6 +101,25 @@ class LiveModel:
                     raise HTTPException(503, f"could not load the model or SAE: {error}") from error
                 self._loaded = (lm, sae, self.hook)
             return self._loaded
+
+    def circuit_saes(self) -> list:
+        """The --circuit SAEs (spliced in beside the served one by POST /api/attribute),
+        loaded once; HTTP 503 naming the one that failed."""
+        lm, _, _ = self.get()
+        with self._lock:
+            if self._circuit is None:
+                from saelab.formats.load import load_sae
+
+                saes = []
+                for path in self.circuit:
+                    try:
+                        saes.append(load_sae(path).to(lm.device).eval())
+                    except (LookupError, ValueError, OSError) as error:
+                        raise HTTPException(
+                            503, f"could not load --circuit {path}: {error}"
+                        ) from error
+                self._circuit = saes
+            return self._circuit
 
     @property
     def lock(self) -> threading.Lock:
@@ -128,8 +151,11 @@ def create_app(
     hook: str | None = None,
     sae_path: str | None = None,
     device: str | None = None,
+    circuit: tuple[str, ...] = (),
 ) -> FastAPI:
-    """The explorer app over one features.sqlite; model/hook/sae_path override its meta."""
+    """The explorer app over one features.sqlite; model/hook/sae_path override its meta.
+    circuit: more SAEs (other hooks of the same model) that "Explain this prediction" splices in
+    beside the served one, with the edges between them."""
     db = FeatureDB(database)
     meta = db.meta()
     n_latents = db.count()
@@ -138,6 +164,7 @@ def create_app(
         hook or meta.get("hook"),
         sae_path or meta.get("sae_path"),
         device,
+        tuple(str(path) for path in circuit),
     )
     app = FastAPI(
         title="saelab explorer", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json"
@@ -246,18 +273,35 @@ def create_app(
     def api_attribute(request: AttributeRequest) -> dict[str, Any]:
         _interventions()
         from saelab.interventions import attribution
+        from saelab.interventions.explanations import find_features_db, load_explanations
 
         lm, sae, hook_name = live.get()
+        extra = live.circuit_saes()
         with live.lock:
             try:
                 target = request.target or attribution.predicted_token(lm, request.prompt)
-                metric = attribution.make_metric(lm, target)
-                result = attribution.attribute(lm, sae, request.prompt, metric, hooks=[hook_name])
+                result = attribution.attribute(
+                    lm, [sae, *extra], request.prompt, attribution.make_metric(lm, target),
+                    edges=CIRCUIT_EDGES if extra else 0, hooks=[hook_name] + [None] * len(extra),
+                )  # fmt: skip
             except ValueError as error:
                 raise HTTPException(422, str(error)) from error
-        explanations = {r["latent"]: r["explanation"] for r in db.latents() if r["explanation"]}
-        return attribution.attribution_report(
-            result, request.prompt, lm.name, [live.sae_path], [explanations], top=request.top
+        served = {r["latent"]: r["explanation"] for r in db.latents() if r["explanation"]}
+        paths = {
+            id(sae): live.sae_path,
+            **{id(s): p for s, p in zip(extra, live.circuit, strict=True)},
+        }
+        sources = [paths[id(site.sae)] for site in result.sites]
+        explanations = [
+            served if site.sae is sae else load_explanations(
+                find_features_db(Path(source)), range(site.sae.cfg.d_sae)
+            )
+            for site, source in zip(result.sites, sources, strict=True)
+        ]  # fmt: skip
+        report = attribution.attribution_report(
+            result, request.prompt, lm.name, sources, explanations, top=request.top
         )
+        report["served_site"] = next(i for i, s in enumerate(result.sites) if s.sae is sae)
+        return report
 
     return app

@@ -52,8 +52,17 @@ def serve_command(
     device: Annotated[
         str | None, c.device_option("Torch device of the live tools (default: cuda if available).")
     ] = None,
+    circuit: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Another SAE of the same model (a run or SAE directory, at another hook) for "
+            '"Explain this prediction" to splice in beside the served one, drawing the edges '
+            "between their latents; repeat for several."
+        ),
+    ] = None,
 ) -> None:
-    """Local web explorer: feature browser, top latents per token, steering playground.
+    """Local web explorer: feature browser, top latents per token, steering playground,
+    "Explain this prediction" (latent attribution, SPEC §5).
 
     A port already in use is an error (exit 1) before anything is served."""
     from saelab.explorer.app import create_app
@@ -61,7 +70,13 @@ def serve_command(
     from saelab.explorer.server import check_port, serve
 
     with c.exit_on(ValueError):
-        app = create_app(database_path(path), model=model, hook=hook, sae_path=sae, device=device)
+        for extra in circuit or []:
+            if not extra.exists():
+                raise ValueError(f"--circuit {extra}: no such file or directory")
+        app = create_app(
+            database_path(path), model=model, hook=hook, sae_path=sae, device=device,
+            circuit=tuple(circuit or ()),
+        )  # fmt: skip
         check_port(host, port)
     typer.echo(f"saelab explorer on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
     serve(app, host, port)

@@ -24,6 +24,8 @@ from saelab.explorer.cli import serve_command
 from saelab.explorer.render import INDEX_PAGE_SIZE
 from saelab.explorer.server import DEFAULT_HOST, check_port, free_port, running_server
 
+HOOK_OF_RUN = "blocks.1.hook_resid_post"  # the explorer fixture's SAE
+
 
 @pytest.fixture(scope="module")
 def server(explorer):
@@ -304,3 +306,24 @@ def test_attribute_api_matches_the_library(server, explorer):
     assert too_long.status_code == 422 and "--target 'zzqxj' is" in too_long.json()["detail"]
     empty = httpx.post(f"{server}/api/attribute", json={"prompt": ""})
     assert empty.status_code == 422
+
+
+def test_attribute_api_with_a_circuit_sae_reports_edges(explorer, tmp_path):
+    import saelab
+
+    served = saelab.load_sae(explorer.run)
+    later = saelab.create_sae("topk", 64, 128, k=8, seed=5, hook_name="blocks.2.hook_resid_post",
+                              model_name=served.cfg.model_name)  # fmt: skip
+    path = later.save(tmp_path / "later")
+    client = TestClient(create_app(explorer.run / "features.sqlite", device="cpu",
+                                   circuit=(str(path),)))  # fmt: skip
+    response = client.post("/api/attribute", json={"prompt": "def f(x):"})
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert [s["hook"] for s in report["sites"]] == [HOOK_OF_RUN, "blocks.2.hook_resid_post"]
+    assert report["served_site"] == 0 and report["sites"][1]["run"] == str(path)
+    assert 0 < len(report["edges"]) <= 20
+    assert {(e["from"]["site"], e["to"]["site"]) for e in report["edges"]} == {(0, 1)}
+    missing = CliRunner().invoke(cli_app, ["serve", str(explorer.run), "--circuit",
+                                           str(tmp_path / "nothing")])  # fmt: skip
+    assert missing.exit_code == 1 and "--circuit" in missing.output and "nothing" in missing.output

@@ -159,6 +159,38 @@ def test_explain_this_prediction_panel_renders_latents_and_the_graph(browser, ex
         assert browser.save_screenshot(str(ARTIFACTS / "explain-prediction.png"))
 
 
+def test_explain_panel_draws_the_circuit_with_a_second_sae(browser, explorer, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    import saelab
+
+    served = saelab.load_sae(explorer.run)
+    later = saelab.create_sae("topk", 64, 128, k=8, seed=5, hook_name="blocks.2.hook_resid_post",
+                              model_name=served.cfg.model_name)  # fmt: skip
+    path = later.save(tmp_path / "later")
+    app = create_app(explorer.run / "features.sqlite", device="cpu", circuit=(str(path),))
+    with running_server(app) as url:
+        browser.get(f"{url}/")
+        browser.find_element(By.CSS_SELECTOR, "#attribute-form textarea").send_keys("def f(x):")
+        browser.find_element(By.CSS_SELECTOR, "#attribute-form button").click()
+        graph = WebDriverWait(browser, 120).until(
+            ec.presence_of_element_located((By.ID, "attribute-graph"))
+        )
+        sites = {
+            n.get_attribute("data-site")
+            for n in graph.find_elements(By.CSS_SELECTOR, "circle.node")
+        }
+        assert sites == {"0", "1"}  # blocks.1 (served) below blocks.2
+        assert graph.find_elements(By.CSS_SELECTOR, "line.circuit-edge")
+        links = browser.find_elements(By.CSS_SELECTOR, "#attribute-table td a")
+        assert all(a.get_attribute("href").startswith(f"{url}/latent/") for a in links)
+        assert "blocks.2.hook_resid_post" in browser.find_element(By.ID, "attribute-table").text
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        assert browser.save_screenshot(str(ARTIFACTS / "explain-prediction-circuit.png"))
+
+
 def _rows(driver) -> list[int]:
     from selenium.webdriver.common.by import By
 

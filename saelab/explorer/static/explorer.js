@@ -108,27 +108,35 @@ function setupTools() {
   });
 }
 function attributionGraph(report) {  // layered SVG: SAEs bottom to top, positions left to right, the prediction on top
-  const cols = report.positions.filter(p => p.latents.length), sites = report.sites.length;
-  const colW = 120, rowH = 90, perRow = Math.max(1, ...cols.map(p => p.latents.length));
-  const width = Math.max(1, cols.length) * colW + 40, height = (sites + 1) * rowH + 40;
-  const maxA = Math.max(1e-12, ...cols.flatMap(p => p.latents.map(n => Math.abs(n.attribution))));
-  const at = {}, out = {x: width - 60, y: 30};
-  const nodes = [], lines = [];
-  cols.forEach((p, c) => p.latents.forEach((n, j) => {
-    const x = 40 + c * colW + (j + 0.5) * (colW - 20) / perRow, y = height - 30 - n.site * rowH - 20;
-    at[`${n.site}/${n.position}/${n.latent}`] = {x, y};
-    const w = 1 + 5 * Math.abs(n.attribution) / maxA, colour = n.attribution >= 0 ? "#1f77b4" : "#d62728";
-    lines.push(`<line class="edge" x1="${x}" y1="${y}" x2="${out.x}" y2="${out.y}" stroke="${colour}" stroke-opacity="0.5" stroke-width="${w.toFixed(2)}"/>`);
-    nodes.push(`<a href="/latent/${n.latent}"><circle class="node" cx="${x}" cy="${y}" r="${(4 + 6 * Math.abs(n.attribution) / maxA).toFixed(1)}" fill="${colour}"><title>latent ${n.latent} at ${esc(shown(n.token))}: ${fmt(n.attribution)}</title></circle></a>`);
-  }));
-  report.edges.forEach(e => {
-    const a = at[`${e.from.site}/${e.from.position}/${e.from.latent}`], b = at[`${e.to.site}/${e.to.position}/${e.to.latent}`];
-    if (a && b) lines.push(`<line class="edge" x1="${a.x}" y1="${a.y}" x2="${b.x}" y2="${b.y}" stroke="#555" stroke-width="1.5"/>`);
+  const key = n => `${n.site}/${n.position}/${n.latent}`, drawn = new Map();
+  report.positions.forEach(p => p.latents.forEach(n => drawn.set(key(n), n)));
+  report.edges.forEach(e => [e.from, e.to].forEach(n => { if (n.latent !== null && !drawn.has(key(n))) drawn.set(key(n), n); }));
+  const positions = [...new Set([...drawn.values()].map(n => n.position))].sort((a, b) => a - b);
+  const cell = {};  // (position, site) -> its nodes, in drawing order
+  drawn.forEach(n => (cell[`${n.position}/${n.site}`] ??= []).push(n));
+  const colW = 120, rowH = 90, sites = report.sites.length;
+  const width = Math.max(1, positions.length) * colW + 80, height = (sites + 1) * rowH + 40, out = {x: width - 40, y: 30};
+  const maxA = Math.max(1e-12, ...[...drawn.values()].map(n => Math.abs(n.attribution)));
+  const maxE = Math.max(1e-12, ...report.edges.map(e => Math.abs(e.weight)));
+  const at = {}, nodes = [], lines = [];
+  drawn.forEach(n => {
+    const row = cell[`${n.position}/${n.site}`], j = row.indexOf(n), c = positions.indexOf(n.position);
+    const x = 40 + c * colW + (j + 0.5) * (colW - 20) / row.length, y = height - 30 - n.site * rowH - 20;
+    at[key(n)] = {x, y};
+    const colour = n.attribution >= 0 ? "#1f77b4" : "#d62728", w = 0.5 + 4 * Math.abs(n.attribution) / maxA;
+    lines.push(`<line class="edge" x1="${x}" y1="${y}" x2="${out.x}" y2="${out.y}" stroke="${colour}" stroke-opacity="0.35" stroke-width="${w.toFixed(2)}"/>`);
+    const circle = `<circle class="node" data-site="${n.site}" cx="${x}" cy="${y}" r="${(4 + 6 * Math.abs(n.attribution) / maxA).toFixed(1)}" fill="${colour}"><title>${esc(report.sites[n.site].hook)} latent ${n.latent} at ${esc(shown(n.token))}: ${fmt(n.attribution)}</title></circle>`;
+    nodes.push(n.site === report.served_site ? `<a href="/latent/${n.latent}">${circle}</a>` : circle);
   });
-  const labels = cols.map((p, c) => `<text x="${40 + c * colW}" y="${height - 8}" font-size="11">${esc(shown(p.token)).slice(0, 14)}</text>`);
-  return `<svg id="attribute-graph" width="${width}" height="${height}">${lines.join("")}${nodes.join("")}` +
+  report.edges.forEach(e => {
+    const a = at[key(e.from)], b = at[key(e.to)];
+    if (a && b) lines.push(`<line class="circuit-edge" x1="${a.x}" y1="${a.y}" x2="${b.x}" y2="${b.y}" stroke="${e.weight >= 0 ? "#1f77b4" : "#d62728"}" stroke-width="${(0.5 + 5 * Math.abs(e.weight) / maxE).toFixed(2)}"><title>${fmt(e.weight)}</title></line>`);
+  });
+  const labels = positions.map((t, c) => `<text x="${40 + c * colW}" y="${height - 8}" font-size="11">${esc(shown(report.positions[t].token)).slice(0, 14)}</text>`);
+  const rows = report.sites.map((s, i) => `<text x="2" y="${height - 30 - i * rowH - 34}" font-size="10" fill="#777">${esc(s.write)}</text>`);
+  return `<svg id="attribute-graph" width="${width}" height="${height}">${lines.join("")}${nodes.join("")}${rows.join("")}` +
     `<circle cx="${out.x}" cy="${out.y}" r="10" fill="#2ca02c"><title>m = ${fmt(report.metric.value)}</title></circle>` +
-    `<text x="${out.x - 40}" y="${out.y - 14}" font-size="12">${esc(report.metric.target)}</text>${labels.join("")}</svg>`;
+    `<text x="${out.x - 60}" y="${out.y - 14}" font-size="12">${esc(JSON.stringify(report.metric.target))}</text>${labels.join("")}</svg>`;
 }
 function setupAttribution() {
   const form = document.getElementById("attribute-form");
@@ -140,7 +148,7 @@ function setupAttribution() {
       const data = await postJSON("/api/attribute", {prompt: form.prompt.value, target: form.target.value || null, top: 3});
       out.innerHTML = `<p id="attribute-metric">m = log p(${esc(JSON.stringify(data.metric.target))}) = ${fmt(data.metric.value)}</p>` +
         "<table id=\"attribute-table\"><tr><th>#</th><th>token</th><th>top latents: attribution</th><th>error node</th></tr>" + data.positions.map(p =>
-        `<tr><td>${p.position}</td><td class="code">${esc(shown(p.token))}</td><td>${p.latents.map(n => `<a href="/latent/${n.latent}">${n.latent}</a> <span class="muted">${fmt(n.attribution)}</span>${n.explanation ? " " + esc(n.explanation) : ""}`).join(", ")}</td><td>${fmt(p.errors[0])}</td></tr>`).join("") +
+        `<tr><td>${p.position}</td><td class="code">${esc(shown(p.token))}</td><td>${p.latents.map(n => (n.site === data.served_site ? `<a href="/latent/${n.latent}">${n.latent}</a>` : `${esc(data.sites[n.site].write)} ${n.latent}`) + ` <span class="muted">${fmt(n.attribution)}</span>${n.explanation ? " " + esc(n.explanation) : ""}`).join(", ")}</td><td>${p.errors.map(fmt).join(" / ")}</td></tr>`).join("") +
         "</table><div class=\"graph-scroll\">" + attributionGraph(data) + "</div>";
     } catch (e) { out.innerHTML = `<span class="error">${esc(e.message)}</span>`; }
   });
