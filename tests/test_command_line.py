@@ -148,7 +148,9 @@ def test_an_unusable_device_is_one_line_before_anything_runs(command, device, me
 
 
 def test_every_command_with_a_model_takes_a_checked_device():
-    with_model = ["ablate", "analyze", "cache", "contrast", "eval", "explain", "prompt", "serve"]
+    with_model = [
+        "ablate", "analyze", "attribute", "cache", "contrast", "eval", "explain", "prompt", "serve",
+    ]  # fmt: skip
     assert [*with_model, "steer", "sweep", "train"] == DEVICE_COMMANDS
 
 
