@@ -222,6 +222,10 @@ app.command("prompt")(interventions_cli.prompt_command)
 app.command("contrast")(interventions_cli.contrast_command)
 app.command("attribute")(interventions_cli.attribute_command)
 
+from saelab.formats.cli import push_command  # noqa: E402
+
+app.command("push")(push_command)
+
 from saelab.analysis.cli import analyze_command, neuronpedia_command  # noqa: E402
 from saelab.explorer.cli import dashboard_command, serve_command  # noqa: E402
 
