@@ -81,7 +81,9 @@ def analyze_command(
 
 def neuronpedia_command(
     path: Annotated[Path, typer.Argument(help="Run directory or features.sqlite to export.")],
-    out: Annotated[Path, typer.Option(help="Folder for features.jsonl and activations.jsonl.")],
+    out: Annotated[
+        Path, typer.Option(help="Folder for the export (written to OUT/MODEL_ID/SOURCE_ID/).")
+    ],
     model_id: Annotated[
         str | None, typer.Option(help="Neuronpedia model id (default: the model's name).")
     ] = None,
@@ -91,15 +93,25 @@ def neuronpedia_command(
             help="Neuronpedia source/layer id (default: from the hook, e.g. 6-saelab-res)."
         ),
     ] = None,
+    hf_repo: Annotated[
+        str | None,
+        typer.Option(
+            help="Hub repo holding the weights (`saelab push`), recorded in source.jsonl."
+        ),
+    ] = None,
+    hf_folder: Annotated[
+        str | None, typer.Option(help="Folder of the weights in --hf-repo (`saelab push --path`).")
+    ] = None,
     json_output: c.JsonSummary = False,
 ) -> None:
-    """Export features.sqlite in Neuronpedia's feature/activation JSON-lines format."""
+    """Export features.sqlite as a Neuronpedia export (release, model, source set, source;
+    features, activations and explanations as gzipped JSON lines; docs/explorer.md)."""
     from saelab.analysis.database import FeatureDB
     from saelab.analysis.neuronpedia import export_neuronpedia
     from saelab.explorer.run import database_path
 
     with c.exit_on(ValueError), FeatureDB(database_path(path)) as db:
-        summary = export_neuronpedia(db, out, model_id, source_id)
+        summary = export_neuronpedia(db, out, model_id, source_id, hf_repo, hf_folder)
     summary = {
         key: str(value) if isinstance(value, Path) else value for key, value in summary.items()
     }
@@ -107,6 +119,6 @@ def neuronpedia_command(
         typer.echo(json.dumps(summary))
     else:
         typer.echo(
-            f"Wrote {summary['latents']:,} features to {summary['features']} and "
-            f"{summary['examples']:,} activations to {summary['activations']}"
+            f"Wrote {summary['latents']:,} features, {summary['examples']:,} activations and "
+            f"{summary['explanations']:,} explanations to {summary['folder']}"
         )

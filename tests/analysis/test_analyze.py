@@ -197,23 +197,53 @@ def test_search_explanations_and_scores(analysed):
         assert freqs == sorted(freqs, reverse=True) and len(freqs) == 10
 
 
+def _jsonl_gz(path: Path) -> list[dict]:
+    import gzip
+
+    with gzip.open(path, "rt") as f:
+        return [json.loads(line) for line in f]
+
+
 def test_figures_and_neuronpedia_export(analysed, tmp_path):
+    from saelab.analysis.neuronpedia import NEURONPEDIA_FIELDS
+
     figures = [Path(p) for p in analysed["figures"]]
     assert figures[0].name == "features_overview.png" and len(figures) == 3
     assert all(p.stat().st_size > 10_000 for p in figures)
+    with FeatureDB(analysed["database"]) as db:
+        db.set_explanation(5, "explained five")
+        row = db.latent(5)
+        model_id = Path(db.meta()["model"]).name
     result = CliRunner().invoke(
         app,
-        ["neuronpedia", str(Path(analysed["database"]).parent), "--out", str(tmp_path), "--json"],
-    )
+        ["neuronpedia", str(Path(analysed["database"]).parent), "--out", str(tmp_path),
+         "--hf-repo", "alice/saes", "--hf-folder", "l1", "--json"],
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    features = [json.loads(line) for line in (tmp_path / "features.jsonl").read_text().splitlines()]
-    activations = [
-        json.loads(line) for line in (tmp_path / "activations.jsonl").read_text().splitlines()
-    ]
+    folder = tmp_path / model_id / "1-saelab-res"
+    assert summary["folder"] == str(folder)
+    records = {
+        "feature": _jsonl_gz(folder / "features" / "batch-0.jsonl.gz"),
+        "activation": _jsonl_gz(folder / "activations" / "batch-0.jsonl.gz"),
+        "explanation": _jsonl_gz(folder / "explanations" / "batch-0.jsonl.gz"),
+        **{name: [json.loads((folder / f"{name}.jsonl").read_text())]
+           for name in ("source", "sourceset", "release", "model")},
+    }  # fmt: skip
+    # Every record has the fields Neuronpedia's exporter writes: all required ones, no others.
+    for kind, rows in records.items():
+        required, optional = NEURONPEDIA_FIELDS[kind]
+        for record in rows:
+            assert set(required) <= set(record) <= set(required) | set(optional), kind
+    features, activations = records["feature"], records["activation"]
     assert len(features) == summary["latents"] == 128 and len(activations) == summary["examples"]
-    with FeatureDB(analysed["database"]) as db:
-        row = db.latent(5)
+    explained = {e["index"]: e["description"] for e in records["explanation"]}
+    assert explained["5"] == "explained five" and len(explained) == summary["explanations"]
+    assert records["source"][0]["id"] == "1-saelab-res"
+    assert (records["source"][0]["hfRepoId"], records["source"][0]["hfFolderId"]) == (
+        "alice/saes",
+        "l1",
+    )
     feature = features[5]
     assert (feature["layer"], feature["index"]) == ("1-saelab-res", "5")
     assert feature["pos_str"] == [t for t, _ in row["logit_pos"]]
@@ -221,6 +251,7 @@ def test_figures_and_neuronpedia_export(analysed, tmp_path):
     assert sum(feature["freq_hist_data_bar_heights"]) == row["n_fired"]
     first = next(a for a in activations if a["index"] == "5")
     assert first["values"][first["maxValueTokenIndex"]] == pytest.approx(first["maxValue"])
+    assert len({a["id"] for a in activations}) == len(activations)
 
 
 def test_cli_json_and_errors(run_dir, tmp_path):
