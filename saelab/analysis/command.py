@@ -21,6 +21,7 @@ from saelab.data.corpora import load_corpus
 from saelab.data.progress import token_progress
 from saelab.evals.command import DEFAULT_CONTEXT_SIZE, resolve_provenance
 from saelab.evals.tokens import heldout_batches
+from saelab.formats.hub import local_outputs
 from saelab.formats.load import load_sae
 from saelab.lm.hooks import resolve_hook
 from saelab.lm.loading import load_model
@@ -31,9 +32,9 @@ DEFAULT_CORPUS = "python-stdlib"
 
 
 def run_directory(path: Path) -> Path:
-    """Where a run's outputs (features.sqlite, plots/) go: the run dir, the SAE dir, or the
-    folder of an SAE file."""
-    return path.parent if path.is_file() else path
+    """Where a run's outputs (features.sqlite, plots/) go: the run dir, the SAE dir, the folder
+    of an SAE file, or a Hub reference's local outputs folder."""
+    return local_outputs(path) or (path.parent if path.is_file() else path)
 
 
 def recorded_corpus(path: Path) -> str | None:

@@ -32,7 +32,7 @@ from saelab.evals.report import build_report, write_report
 from saelab.evals.settings import EvalSettings
 from saelab.evals.spliced import SplicedEvaluator
 from saelab.evals.tokens import heldout_batches
-from saelab.formats.hub import parse_hub_ref
+from saelab.formats.hub import local_outputs
 from saelab.formats.load import load_sae
 from saelab.lm.dtypes import dtype_name
 from saelab.lm.hooks import resolve_hook
@@ -46,11 +46,10 @@ DEFAULT_CONTEXT_SIZE = 128
 
 def default_output(path: Path) -> Path:
     """eval.json inside the SAE/run directory, or beside an SAE file (e.g. params.npz); for a
-    Hub reference, in evals/OWNER--REPO--PATH/ under the current directory (never the cache)."""
-    ref = parse_hub_ref(path)
-    if ref is not None:
-        name = "--".join(part for part in (*ref.repo_id.split("/"), *ref.path.split("/")) if part)
-        return Path("evals") / (name + (f"@{ref.revision}" if ref.revision else "")) / EVAL_FILE
+    Hub reference, in its local outputs folder (saelab.formats.hub.local_outputs)."""
+    folder = local_outputs(path)
+    if folder is not None:
+        return folder / EVAL_FILE
     return (path.parent if path.is_file() else path) / EVAL_FILE
 
 

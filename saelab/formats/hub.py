@@ -72,6 +72,17 @@ def parse_hub_ref(text: str | Path) -> HubRef | None:
     return HubRef(f"{owner}/{name}", path.strip("/"), revision)
 
 
+def local_outputs(path: str | Path) -> Path | None:
+    """For a Hub reference, the folder under the current directory where commands write what
+    they make of it (eval.json, features.sqlite, plots): hub/OWNER--REPO--PATH[@REVISION]; never
+    the download cache. None for a local path."""
+    ref = parse_hub_ref(path)
+    if ref is None:
+        return None
+    name = "--".join(part for part in (*ref.repo_id.split("/"), *ref.path.split("/")) if part)
+    return Path("hub") / (name + (f"@{ref.revision}" if ref.revision else ""))
+
+
 def resolve_release(release: str, sae_id: str) -> HubRef:
     """The Hub folder of a SAELens release id and SAE id (module docstring)."""
     try:

@@ -276,3 +276,48 @@ def test_the_cli_takes_a_hub_reference_where_it_takes_an_sae(hub, tmp_path, tiny
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["hook"] == HOOK
+
+
+def test_eval_and_analyze_of_a_hub_sae_write_under_hub_in_the_current_directory(
+    hub, tmp_path, tiny_model, monkeypatch
+):
+    sae = saelab.create_sae("topk", 64, 128, k=8, seed=0, model_name=str(tiny_model("llama")),
+                            hook_name=HOOK)  # fmt: skip
+    sae.save(tmp_path / "run" / "sae")
+    push(tmp_path / "run", "alice/saes", "l1")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    fast = ["--tokens", "200", "--batch-size", "4", "--context-size", "32", "--device", "cpu"]
+    result = CliRunner().invoke(app, ["eval", "hf://alice/saes/l1", *fast])
+    assert result.exit_code == 0, result.output
+    assert (work / "hub" / "alice--saes--l1" / "eval.json").is_file()
+    result = CliRunner().invoke(app, ["analyze", "hf://alice/saes/l1", *fast])
+    assert result.exit_code == 0, result.output
+    assert (work / "hub" / "alice--saes--l1" / "features.sqlite").is_file()
+    site = CliRunner().invoke(app, ["dashboard", "hf://alice/saes/l1", "--out", "site"])
+    assert site.exit_code == 0, site.output
+    assert not list(work.glob("hf*")) and not (work / "alice").exists()
+
+
+def test_a_gemma_scope_2_affine_transcoder_loads_with_its_skip(hub):
+    sae = saelab.create_sae("jumprelu", 64, 128, seed=4, d_out=64, skip_connection=True)
+    sae.fold_normalization(1.0, 1.0)
+    with torch.no_grad():
+        sae.W_skip.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
+        sae.threshold.fill_(0.01)
+    state = {k: v.detach() for k, v in sae.state_dict().items()}
+    params = {"w_enc": state["W_enc"], "w_dec": state["W_dec"], "b_enc": state["b_enc"],
+              "b_dec": state["b_dec"], "threshold": state["threshold"],
+              "affine_skip_connection": state["W_skip"].T.contiguous()}  # fmt: skip
+    folder = "transcoder/layer_3_width_16k_l0_small_affine"
+    hub.add("google/gemma-scope-2-270m-pt", {f"{folder}/params.safetensors": save(params)})
+    loaded = saelab.load_sae(f"hf://google/gemma-scope-2-270m-pt/{folder}")
+    cfg = loaded.cfg
+    assert (cfg.hook_name, cfg.target_hook_name) == (
+        "blocks.3.hook_mlp_in",
+        "blocks.3.hook_mlp_out",
+    )
+    assert cfg.skip_connection and cfg.d_out == 64
+    with torch.no_grad():
+        assert torch.equal(loaded(_x()), sae(_x()))
