@@ -25,6 +25,7 @@ and without an optimiser's settings. The probes are L-BFGS fits, so reruns agree
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import string
@@ -105,6 +106,15 @@ def letter_prompts(
     rng = random.Random(seed)
     chosen = rng.sample(vocabulary, min(words, len(vocabulary)))
     cut = int(TRAIN_FRACTION * len(chosen))
+    if min(cut, len(chosen) - cut) < icl_examples + 1:
+        least = next(
+            n for n in itertools.count(1)
+            if min(int(TRAIN_FRACTION * n), n - int(TRAIN_FRACTION * n)) > icl_examples
+        )  # fmt: skip
+        raise ValueError(
+            f"--absorption-words {words} is too few: each split needs {icl_examples + 1} words "
+            f"for its in-context examples; give at least {least}"
+        )
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     prompts, texts, train = [], [], []
     for is_train, group in ((True, chosen[:cut]), (False, chosen[cut:])):

@@ -244,6 +244,12 @@ def run_attribute(
     if edges and len(paths) < 2:
         raise ValueError("--edges needs SAEs at two or more hooks (give several runs)")
     saes = [load_sae(path) for path in paths]
+    for sae, path in zip(saes, paths, strict=True):
+        if not sae.cfg.hook_name:
+            raise ValueError(
+                f"{path}: the SAE records no hook_name; attribute splices each SAE at the hook "
+                "its cfg.json records (set hook_name there)"
+            )
     models = {
         resolve_provenance(sae, path, model, None, f"attribute with the SAE at {path}")[0]
         for sae, path in zip(saes, paths, strict=True)

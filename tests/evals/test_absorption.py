@@ -51,6 +51,12 @@ def test_a_tokenizer_without_enough_words_is_a_clear_error():
         ab.letter_prompts(Few(), 100, seed=0)
 
 
+def test_too_few_words_for_the_in_context_examples_is_a_clear_error(tiny_lm):
+    with pytest.raises(ValueError, match=r"--absorption-words 50 is too few: .* at least 51"):
+        ab.letter_prompts(tiny_lm.tokenizer, 50, seed=0)
+    assert len(ab.letter_prompts(tiny_lm.tokenizer, 51, seed=0)[0]) == 51  # 40 + 11
+
+
 def _reference_letter_probe(z: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
     """scipy L-BFGS-B on one letter's objective: mean pos-weighted log-loss + (l2/2)‖w‖²."""
     pos_weight = (len(y) - y.sum()) / y.sum()
