@@ -292,3 +292,11 @@ def test_public_name_and_help_lists_every_option():
     for option in ("--prompt", "--target", "--metric", "--contrast", "--top", "--edges",
                    "--check", "--model", "--device", "--dtype", "--json"):  # fmt: skip
         assert option in result.output, option
+
+
+def test_cli_names_an_sae_without_a_recorded_hook(tiny_model, tmp_path):
+    sae = saelab.create_sae("topk", 64, 128, k=8, seed=0, model_name=str(tiny_model("llama")))
+    path = sae.save(tmp_path / "nohook")
+    result = _attribute(path, "--prompt", PROMPT, "--target", TARGET)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "the SAE records no hook_name" in result.output.replace("\n", " ")
