@@ -449,27 +449,34 @@ class SAE(nn.Module, abc.ABC):
 
     # ---- saving --------------------------------------------------------------------------
     @torch.no_grad()
-    def fold_normalization(self, c: float, c_out: float | None = None) -> None:
+    def fold_normalization(self, c: float, c_out: float | Tensor | None = None) -> None:
         """Fold the normalisation constant C into the weights so the SAE takes raw inputs.
 
         SPEC §1: b_enc' = C·b_enc − C·(b_dec·W_enc), b_dec' = C·b_dec, θ' = C·θ, so that
         f'(x) = C·f(x/C) and x̂'(x) = C·x̂(x/C); apply_b_dec_to_input becomes false.
         A transcoder (SPEC §2.6) has C_y = c_out for its output: ŷ'(x) = C_y·ŷ(x/C), so
-        b_dec' = C_y·b_dec and W_dec, W_skip are multiplied by C_y / C.
+        b_dec' = C_y·b_dec and W_dec, W_skip are multiplied by C_y / C. c_out may be one
+        divisor per output dimension (TrainConfig.target_scaling); cfg then records their
+        geometric mean.
         """
         if self.cfg.apply_b_dec_to_input:
             self._fold_b_dec_into_encoder()
             self.cfg.apply_b_dec_to_input = False
         self._scale_encoder_offsets(c)
         c_out = c if c_out is None else c_out
+        per_dim = isinstance(c_out, Tensor)
+        if per_dim:
+            c_out = c_out.to(self.W_dec.device, self.W_dec.dtype)
         self.b_dec *= c_out
-        if c_out != c:
+        if per_dim or c_out != c:
             self.W_dec *= c_out / c
             if self.cfg.skip_connection:
-                self.W_skip *= c_out / c
+                self.W_skip *= (c_out / c).unsqueeze(1) if per_dim else c_out / c
         self.cfg.normalization_constant *= c
         if self.cfg.transcoder:
-            self.cfg.target_normalization_constant *= c_out
+            # The geometric mean, so that unfolding (1/v) and refolding (v) cancel.
+            mean = float(c_out.double().log().mean().exp()) if per_dim else c_out
+            self.cfg.target_normalization_constant *= mean
 
     def _fold_b_dec_into_encoder(self) -> None:
         self.b_enc -= self.b_dec @ self.W_enc

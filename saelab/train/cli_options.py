@@ -168,6 +168,14 @@ Logger = Annotated[
 MaxMemoryGb = Annotated[
     float | None, typer.Option(help="Memory the sweep may use (default: what is free).")
 ]
+TargetScaling = Annotated[
+    float | None,
+    typer.Option(
+        help="Transcoders only: divide each target dimension by its standard deviation to "
+        "this power α in the loss (folded into the decoder at the end), so a few "
+        "high-variance dimensions do not take every latent; 0 = plain MSE (default: 0.5)."
+    ),
+]
 Out = Annotated[str | None, typer.Option(help="Run directory to create (default: runs/run).")]
 Config = Annotated[
     Path | None,
@@ -183,6 +191,7 @@ JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JS
 
 TRAIN_FLAGS: dict[str, Any] = {
     "model": Model, "hook": Hook, "target_hook": TargetHook, "skip_connection": SkipConnection,
+    "target_scaling": TargetScaling,
     "corpus": Corpus, "cache": Cache, "arch": Arch, "width": Width,
     "tokens": Tokens, "batch_size": BatchSize, "lr": Lr, "sparsity": Sparsity, "k": K,
     "target_l0": TargetL0, "sparsity_loss": SparsityLoss, "group_sizes": GroupSizes,
@@ -255,7 +264,8 @@ def run_config_from_flags(*, resume: Path | None, config: Path | None, **flags: 
             arch_options.setdefault(arch, {})["group_sizes"] = _ints(f["group_sizes"])
     return resolve_run_config(config, {
         "model": f["model"], "hooks": f["hook"] or None, "target_hook": f["target_hook"],
-        "skip_connection": f["skip_connection"], "corpus": f["corpus"],
+        "skip_connection": f["skip_connection"], "target_scaling": f["target_scaling"],
+        "corpus": f["corpus"],
         "cache": f["cache"], "archs": f["arch"].split(",") if f["arch"] else None,
         "width": f["width"], "tokens": f["tokens"], "batch_size": f["batch_size"], "lr": f["lr"],
         "sparsity": _sparsity(f["sparsity"]), "k": _ints(f["k"]),

@@ -61,6 +61,9 @@ PAPER_SAE_OPTIONS: dict[str, dict[str, Any]] = {
     "batchtopk": {"encoder_init": "transpose"},
     "matryoshka": {"encoder_init": "transpose"},
 }
+# TrainConfig.target_scaling's default α: on gemma-3-270m's layer-6 MLP transcoders it halved
+# Δ LM loss against α = 0 (docs/RESULTS.md, "A transcoder of layer 6's MLP").
+DEFAULT_TARGET_SCALING = 0.5
 # Budget recipe (docs/jumprelu-training.md, "budget defaults"): Adam LR measured best for width
 # 4,096 at batch 512 on gemma-3-270m, scaled by √(batch/512) and by 1/√width (Gao et al. 2024).
 BUDGET_LR = 2e-3
@@ -176,6 +179,11 @@ class TrainConfig:
     # device does so natively (≈4.7× fp32 on an AVX512-BF16 CPU) and keeps the SAE's own
     # setting elsewhere; weights, θ, the decoder and every gradient stay fp32.
     matmul_dtype: str = "auto"
+    # Transcoders (SPEC §2.6): each target dimension y_j is divided by σ_j^α (σ_j its std on
+    # the first tokens, times one constant so E‖y/v‖² = 1) while training, and the divisor is
+    # folded into W_dec, b_dec and W_skip at the end. 0: the plain ‖y − ŷ‖²; None:
+    # DEFAULT_TARGET_SCALING. An SAE has no target and takes only None or 0.
+    target_scaling: float | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size is None and self.recipe == "paper":
@@ -206,6 +214,10 @@ class TrainConfig:
             "resample_every": (self.resample_every is None or self.resample_every >= 1, "≥ 1"),
             "log_every": (self.log_every >= 1, "≥ 1"),
             "matmul_dtype": (self.matmul_dtype in MATMUL_DTYPES, f"one of {MATMUL_DTYPES}"),
+            "target_scaling": (
+                self.target_scaling is None or 0 <= self.target_scaling <= 2,
+                "a float in [0, 2] (0: plain MSE of the target)",
+            ),
         }
         check_values(self, checks, "TrainConfig")
 

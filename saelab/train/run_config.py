@@ -63,6 +63,8 @@ class RunConfig:
             )
         if self.skip_connection and self.target_hook is None:
             raise ValueError("skip_connection: needs a transcoder (give --target-hook)")
+        if self.train.get("target_scaling") and self.target_hook is None:
+            raise ValueError("target_scaling: weights a transcoder's target (give --target-hook)")
         if self.model is None and self.cache is None:
             raise ValueError("model/cache: give --model (activations computed live) or --cache DIR")
         for arch in self.archs:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from saelab.kernels import resolve_matmul_dtype
 from saelab.sae import SAE
 from saelab.train.batches import BatchStream, cycling_message, rounding_message
-from saelab.train.config import TrainConfig, recipe_for
+from saelab.train.config import DEFAULT_TARGET_SCALING, TrainConfig, recipe_for
 from saelab.train.dead import DeadLatentTracker
 from saelab.train.distributed import (
     any_across_ranks,
@@ -35,6 +35,20 @@ DEAD_WINDOW_FRACTION = 0.05
 def normalization_constant(sample: Tensor) -> float:
     """C = sqrt(mean ‖x‖²) so that E[‖x/C‖²] = 1 (SPEC §1)."""
     return float(sample.double().pow(2).sum(-1).mean().sqrt())
+
+
+def target_constants(sample: Tensor, alpha: float) -> float | Tensor:
+    """A transcoder target's divisor: C_y (α = 0), else v_j ∝ σ_j^α with E[‖y/v‖²] = 1.
+
+    σ_j is y_j's standard deviation on the sample. gemma's MLP outputs keep ~90% of their
+    variance in a few dimensions, and a plain ‖y − ŷ‖² spends the latents on those; α = 0.5
+    halved a layer-6 transcoder's Δ LM loss (docs/RESULTS.md, "A transcoder of layer 6's MLP").
+    """
+    if alpha == 0:
+        return normalization_constant(sample)
+    sigma = sample.double().std(0)
+    weight = sigma.clamp_min(float(sigma.max()) * 1e-6).pow(alpha)
+    return (weight * normalization_constant(sample / weight)).float()
 
 
 class SAETrainer:
@@ -250,18 +264,23 @@ class Lockstep:
                 )
             sae.to(shared.device).train()
         self.trainers = [SAETrainer(sae, cfg) for sae, cfg in zip(saes, configs, strict=True)]
-        self.norms: dict[str, float] = {}
+        self.alphas = [_target_alpha(sae, cfg) for sae, cfg in zip(saes, configs, strict=True)]
+        self.norms: dict[str, float | Tensor] = {}
         self.step = 0
 
-    def _key(self, cols: slice) -> str:
-        return f"{cols.start}:{cols.stop}"
+    def _key(self, cols: slice, alpha: float = 0.0) -> str:
+        """The name of a column group's constant; a target weighted by σ^α has its own."""
+        return f"{cols.start}:{cols.stop}" + (f"^{alpha:g}" if alpha else "")
 
-    def _normalised(self, x: Tensor, cols: slice | None) -> Tensor | None:
+    def _normalised(self, x: Tensor, cols: slice | None, alpha: float = 0.0) -> Tensor | None:
         """x's columns divided by their C (None: no target columns)."""
-        return None if cols is None else x[:, cols] / self.norms[self._key(cols)]
+        if cols is None:
+            return None
+        norm = self.norms[self._key(cols, alpha)]
+        return x[:, cols] / (norm.to(x.device) if isinstance(norm, Tensor) else norm)
 
-    def _constant(self, cols: slice | None) -> float | None:
-        return None if cols is None else self.norms[self._key(cols)]
+    def _constant(self, cols: slice | None, alpha: float = 0.0) -> float | Tensor | None:
+        return None if cols is None else self.norms[self._key(cols, alpha)]
 
     def prepare(self) -> None:
         """Estimate each column group's C on the first tokens, then per SAE: the data-dependent
@@ -270,20 +289,22 @@ class Lockstep:
         torch.manual_seed(self.configs[0].seed)
         shared = self.configs[0]
         sample = self.stream.peek(shared.norm_estimate_tokens).to(shared.device)
-        for sae, pair in zip(self.saes, self.columns, strict=True):
-            for cols in (c for c in pair if c is not None):
-                key = self._key(cols)
-                if key not in self.norms:
-                    self.norms[key] = (
-                        normalization_constant(sample[:, cols]) if shared.normalize else 1.0
-                    )
+        for sae, pair, alpha in zip(self.saes, self.columns, self.alphas, strict=True):
             cols, out = pair
+            for group, power in ((cols, 0.0), (out, alpha)):
+                key = None if group is None else self._key(group, power)
+                if key is not None and key not in self.norms:
+                    self.norms[key] = (
+                        target_constants(sample[:, group], power) if shared.normalize else 1.0
+                    )
+            if out is not None:
+                sae.cfg.metadata["target_scaling"] = alpha
             if sae.needs_data_init:
                 sae.initialize_from_data(
-                    self._normalised(sample, cols), self._normalised(sample, out)
+                    self._normalised(sample, cols), self._normalised(sample, out, alpha)
                 )
             else:
-                c_out = self._constant(out)
+                c_out = self._constant(out, alpha)
                 sae.fold_normalization(
                     1.0 / self.norms[self._key(cols)], None if c_out is None else 1.0 / c_out
                 )
@@ -291,15 +312,15 @@ class Lockstep:
     def train_step(self) -> None:
         """One batch, one optimizer step for every SAE."""
         x = shard_batch(next(self.stream))
-        for t, (cols, out) in zip(self.trainers, self.columns, strict=True):
-            t.step(self._normalised(x, cols), self.step, self._normalised(x, out))
+        for t, (cols, out), alpha in zip(self.trainers, self.columns, self.alphas, strict=True):
+            t.step(self._normalised(x, cols), self.step, self._normalised(x, out, alpha))
         self.step += 1
 
     def finish(self) -> None:
         """Flush metrics, fold each C into its SAE (SPEC §1) and switch to eval mode."""
-        for t, (cols, out) in zip(self.trainers, self.columns, strict=True):
+        for t, (cols, out), alpha in zip(self.trainers, self.columns, self.alphas, strict=True):
             t.flush()
-            t.sae.fold_normalization(self.norms[self._key(cols)], self._constant(out))
+            t.sae.fold_normalization(self.norms[self._key(cols)], self._constant(out, alpha))
             t.sae.eval()
 
     def latest_metrics(self) -> list[dict[str, float]]:
@@ -322,6 +343,25 @@ class Lockstep:
             t.load_state_dict(s)
         self.stream.load_state_dict(state["stream"])
         torch.set_rng_state(state["torch_rng"])
+        for i, ((_, out), alpha) in enumerate(zip(self.columns, self.alphas, strict=True)):
+            if out is not None and self._key(out, alpha) not in self.norms:
+                # A checkpoint from before target scaling: the run continues as it started.
+                if self._key(out) not in self.norms:
+                    raise ValueError(f"checkpoint has no constant for target columns {out}")
+                self.alphas[i] = 0.0
+                self.saes[i].cfg.metadata["target_scaling"] = 0.0
+
+
+def _target_alpha(sae: SAE, config: TrainConfig) -> float:
+    """The power α of TrainConfig.target_scaling for this SAE: transcoders only."""
+    if not sae.cfg.transcoder:
+        if config.target_scaling:
+            raise ValueError(
+                f"TrainConfig.target_scaling={config.target_scaling} is for transcoders; "
+                "this SAE has no target (set d_out, or leave target_scaling unset)"
+            )
+        return 0.0
+    return DEFAULT_TARGET_SCALING if config.target_scaling is None else config.target_scaling
 
 
 def _pair(columns: Columns) -> tuple[slice, slice | None]:
