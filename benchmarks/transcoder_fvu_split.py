@@ -12,27 +12,26 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import saelab
+from saelab.data import ActivationCache
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--cache", type=Path, required=True)
-    parser.add_argument("--shard", default="shard_00015")
+    parser.add_argument("--shard", type=int, default=-1, help="shard index (default: the last)")
     parser.add_argument("--tokens", type=int, default=16_384)
     parser.add_argument("--massive", type=int, default=5, help="top-variance dims of y")
     args = parser.parse_args()
     first = saelab.load_sae(args.runs[0])
-    hooks = first.cfg.hook_name, first.cfg.target_hook_name
+    cache = ActivationCache(args.cache)
+    shard = args.shard % len(cache.shards)
     x, y = (
-        torch.from_numpy(
-            np.load(args.cache / args.shard / f"{h}.npy", mmap_mode="r")[: args.tokens]
-        )
-        for h in hooks
+        cache.read_shard(shard, hook)[: args.tokens].float()
+        for hook in (first.cfg.hook_name, first.cfg.target_hook_name)
     )
     centred = y - y.mean(0)
     massive = centred.var(0).argsort(descending=True)[: args.massive]

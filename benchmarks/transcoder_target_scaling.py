@@ -17,22 +17,20 @@ import json
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import saelab
-from saelab.data import load_corpus
+from saelab.data import ActivationCache, load_corpus
 from saelab.evals import evaluate_spliced
 from saelab.evals.tokens import heldout_batches
 
 
-def cached_rows(cache: Path, hooks: tuple[str, str], tokens: int) -> torch.Tensor:
-    """The first `tokens` cached [x | y] rows, shard by shard."""
+def cached_rows(cache: ActivationCache, hooks: tuple[str, str], tokens: int) -> torch.Tensor:
+    """The first `tokens` cached [x | y] rows, shard by shard (sha256-checked)."""
     parts, have = [], 0
-    for shard in sorted(cache.glob("shard_*[0-9]")):
-        x, y = (np.load(shard / f"{hook}.npy") for hook in hooks)
-        parts.append(torch.from_numpy(np.concatenate([x, y], 1)))
-        have += len(x)
+    for index in range(len(cache.shards)):
+        parts.append(torch.cat([cache.read_shard(index, hook).float() for hook in hooks], 1))
+        have += len(parts[-1])
         if have >= tokens:
             break
     return torch.cat(parts)[:tokens]
@@ -50,9 +48,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    manifest = json.loads((args.cache / "manifest.json").read_text())["config"]
-    hook_in, hook_out = manifest["hooks"]
-    rows = cached_rows(args.cache, (hook_in, hook_out), args.tokens)
+    cache = ActivationCache(args.cache)
+    manifest = cache.config
+    hook_in, hook_out = cache.hooks
+    rows = cached_rows(cache, (hook_in, hook_out), args.tokens)
     d = rows.shape[1] // 2
     lm = saelab.load_model(manifest["model"], device="cpu")
     batches = list(

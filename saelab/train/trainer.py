@@ -37,8 +37,9 @@ def normalization_constant(sample: Tensor) -> float:
     return float(sample.double().pow(2).sum(-1).mean().sqrt())
 
 
-def target_constants(sample: Tensor, alpha: float) -> float | Tensor:
-    """A transcoder target's divisor: C_y (α = 0), else v_j ∝ σ_j^α with E[‖y/v‖²] = 1.
+def column_divisor(sample: Tensor, alpha: float = 0.0) -> float | Tensor:
+    """What a column group is divided by in training: C (α = 0, SPEC §1), else, for a
+    transcoder's target (TrainConfig.target_scaling), v_j ∝ σ_j^α with E[‖y/v‖²] = 1.
 
     σ_j is y_j's standard deviation on the sample. gemma's MLP outputs keep ~90% of their
     variance in a few dimensions, and a plain ‖y − ŷ‖² spends the latents on those; α = 0.5
@@ -276,8 +277,7 @@ class Lockstep:
         """x's columns divided by their C (None: no target columns)."""
         if cols is None:
             return None
-        norm = self.norms[self._key(cols, alpha)]
-        return x[:, cols] / (norm.to(x.device) if isinstance(norm, Tensor) else norm)
+        return x[:, cols] / self.norms[self._key(cols, alpha)]
 
     def _constant(self, cols: slice | None, alpha: float = 0.0) -> float | Tensor | None:
         return None if cols is None else self.norms[self._key(cols, alpha)]
@@ -289,13 +289,11 @@ class Lockstep:
         torch.manual_seed(self.configs[0].seed)
         shared = self.configs[0]
         sample = self.stream.peek(shared.norm_estimate_tokens).to(shared.device)
-        for sae, pair, alpha in zip(self.saes, self.columns, self.alphas, strict=True):
-            cols, out = pair
+        for sae, (cols, out), alpha in zip(self.saes, self.columns, self.alphas, strict=True):
             for group, power in ((cols, 0.0), (out, alpha)):
-                key = None if group is None else self._key(group, power)
-                if key is not None and key not in self.norms:
-                    self.norms[key] = (
-                        target_constants(sample[:, group], power) if shared.normalize else 1.0
+                if group is not None and self._key(group, power) not in self.norms:
+                    self.norms[self._key(group, power)] = (
+                        column_divisor(sample[:, group], power) if shared.normalize else 1.0
                     )
             if out is not None:
                 sae.cfg.metadata["target_scaling"] = alpha
@@ -338,7 +336,12 @@ class Lockstep:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step, self.norms = state["step"], dict(state["norms"])
+        device = self.configs[0].device  # per-dimension divisors come back on the CPU
+        self.step = state["step"]
+        self.norms = {
+            key: value.to(device) if isinstance(value, Tensor) else value
+            for key, value in state["norms"].items()
+        }
         for t, s in zip(self.trainers, state["trainers"], strict=True):
             t.load_state_dict(s)
         self.stream.load_state_dict(state["stream"])

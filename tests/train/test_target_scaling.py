@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 import saelab
 from saelab.cli import app
 from saelab.train.checkpoint import read_checkpoint, save_checkpoint
-from saelab.train.trainer import Lockstep, normalization_constant, target_constants
+from saelab.train.trainer import Lockstep, column_divisor, normalization_constant
 
 D_IN, D_OUT, D_SAE = 12, 6, 32
 # Per-dimension scales of y spanning 400×, like gemma's MLP outputs' few huge dimensions.
@@ -26,9 +26,9 @@ def _rows(n: int, seed: int) -> torch.Tensor:
 def test_the_divisor_keeps_unit_energy_and_evens_out_dimensions_as_alpha_says():
     y = _rows(4_000, 0)[:, D_IN:].double()
     sigma = y.std(0)
-    assert target_constants(y, 0.0) == normalization_constant(y)
+    assert column_divisor(y, 0.0) == normalization_constant(y)
     for alpha in (0.5, 1.0):
-        scaled = y / target_constants(y, alpha).double()
+        scaled = y / column_divisor(y, alpha).double()
         # E‖y/v‖² = 1 (SPEC §1) up to the fp32 rounding of v.
         assert float(scaled.pow(2).sum(1).mean()) == pytest.approx(1.0, rel=1e-6)
         # The spread of the dimensions' std shrinks from σ to σ^(1 − α).
